@@ -1,0 +1,128 @@
+"""`make bench`: the benchmarks, run against the stack as `make run` starts it.
+
+1. `mailsvc dev` with its capture SMTP server, exactly as `make run`: accept latency at a fixed
+   arrival rate, accept throughput at fixed concurrency, and end-to-end throughput of 5,000
+   messages beside the naive one-task-per-email baseline.
+2. When Postfix's smtp-sink is installed: the same stack relaying to smtp-sink, and the same
+   end-to-end pair, so the sink is not what is measured.
+
+Prints a table and writes it to bench/results/. Figures depend on the machine: the README
+records those of the 2-core reference machine with the command that made them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import accept, throughput
+from bench.sinks import CaptureSink, PostfixSmtpSink, Sink, wait_for
+from bench.stack import Stack, start_stack
+from mailsvc.config import settings
+from mailsvc.worker.app import celery_app, configure
+
+RESULTS = Path(__file__).parent / "results"
+Row = tuple[str, str, str]
+
+
+def _use(stack: Stack) -> None:
+    """Point this process's publisher at the stack's Redis."""
+    settings.redis_url = stack.redis_url
+    celery_app.close()
+    configure(celery_app, settings)
+
+
+def _end_to_end(stack: Stack, sink: Sink, messages: int, folder: Path) -> list[Row]:
+    print(f"end to end into {sink.name}: {messages} messages, mailsvc …", flush=True)
+    jobs = asyncio.run(throughput.stage_messages(stack, messages, batch_size=100))
+    ours = throughput.mailsvc_throughput(sink, jobs, messages)
+    print(f"end to end into {sink.name}: {messages} messages, naive baseline …", flush=True)
+    naive = throughput.naive_throughput(stack, sink, messages, folder)
+    rows = [
+        (r.label, f"{r.per_second:,.0f} emails/s", f"{r.messages:,} in {r.seconds:.2f} s")
+        for r in (ours, naive)
+    ]
+    rows.append(
+        (f"ratio mailsvc / naive ({sink.name})", f"{ours.per_second / naive.per_second:.1f}x", "")
+    )
+    return rows
+
+
+def _accept(stack: Stack, args: argparse.Namespace, sink: Sink) -> list[Row]:
+    print(f"accept: open loop at {args.rate:.0f}/s for {args.seconds:.0f} s …", flush=True)
+    paced = asyncio.run(
+        accept.open_loop(stack.api_url, stack.token, rate=args.rate, seconds=args.seconds)
+    )
+    print(f"accept: {args.concurrency} concurrent for {args.seconds:.0f} s …", flush=True)
+    flat_out = asyncio.run(
+        accept.closed_loop(
+            stack.api_url, stack.token, concurrency=args.concurrency, seconds=args.seconds
+        )
+    )
+    # Let the worker deliver what was accepted before the next measurement starts.
+    wait_for(sink, accept.WARMUP + paced.requests + flat_out.requests, timeout=600)
+    return [
+        (
+            r.label,
+            f"{r.per_second:,.0f} req/s",
+            f"p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, max {r.max_ms:.1f} ms, "
+            f"{r.errors} errors",
+        )
+        for r in (paced, flat_out)
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="make bench")
+    parser.add_argument("--rate", type=float, default=200.0, help="open-loop requests/s")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--messages", type=int, default=5000)
+    args = parser.parse_args()
+
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="mailsvc-bench-") as scratch:
+        folder = Path(scratch)
+        print("starting the stack as `make run` does …", flush=True)
+        stack = start_stack(folder / "capture")
+        try:
+            _use(stack)
+            capture = CaptureSink(stack.outbox, stack.smtp_port)
+            rows += _accept(stack, args, capture)
+            rows += _end_to_end(stack, capture, args.messages, folder)
+        finally:
+            stack.stop()
+
+        if PostfixSmtpSink.available():
+            sink = PostfixSmtpSink(folder)
+            print("starting the stack again, relaying to smtp-sink …", flush=True)
+            stack = start_stack(folder / "relay", smtp=(sink.host, sink.port))
+            try:
+                _use(stack)
+                rows += _end_to_end(stack, sink, args.messages, folder)
+            finally:
+                stack.stop()
+                sink.stop()
+        else:
+            rows.append(("smtp-sink runs", "skipped", "install Debian's postfix for smtp-sink"))
+
+    header = (
+        f"mailsvc bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    table = [header, "", "| measurement | rate | detail |", "|---|---|---|"]
+    table += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    text = "\n".join(table)
+    print("\n" + text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"bench-{int(time.time())}.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

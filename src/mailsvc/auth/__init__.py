@@ -1,0 +1,1 @@
+"""Who is calling: JWT verification, scopes, tenants, and the Principal dependency."""

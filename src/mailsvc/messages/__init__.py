@@ -1,0 +1,1 @@
+"""Messages: accepting them, delivering them, and reporting on them."""

@@ -1,0 +1,64 @@
+"""The /v1/messages routes: parse, authorize, call the service, return."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from mailsvc.auth.dependencies import ReadScope, SendScope
+from mailsvc.db import DbSession
+from mailsvc.errors import FieldError, ValidationFailed, problem_responses
+from mailsvc.kit.pagination import InvalidCursor, decode_cursor
+from mailsvc.messages import schemas, service
+from mailsvc.messages.repository import ListFilters
+from mailsvc.models import MessageStatus
+
+router = APIRouter(prefix="/v1/messages", tags=["messages"])
+
+StatusFilter = Annotated[MessageStatus | None, Query(description="Only messages in this status.")]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    operation_id="sendMessage",
+    response_model_by_alias=True,
+)
+async def send_message(
+    body: schemas.MessageCreate, session: DbSession, principal: SendScope
+) -> schemas.Message:
+    """Accept one email for delivery."""
+    return await service.send_message(session, principal.tenant, body)
+
+
+@router.get("/{message_id}", operation_id="getMessage", responses=problem_responses(404))
+async def get_message(
+    message_id: uuid.UUID, session: DbSession, principal: ReadScope
+) -> schemas.Message:
+    """One message with its attempts and events."""
+    return await service.get_message(session, principal.tenant, message_id)
+
+
+@router.get("", operation_id="listMessages")
+async def list_messages(
+    session: DbSession,
+    principal: ReadScope,
+    status: StatusFilter = None,
+    tag: Annotated[str | None, Query(max_length=64)] = None,
+    to: Annotated[str | None, Query(max_length=320, description="Any recipient.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> schemas.MessagePage:
+    """Messages, newest first, a page at a time."""
+    try:
+        before = decode_cursor(cursor) if cursor else None
+    except InvalidCursor as exc:
+        raise ValidationFailed(
+            str(exc), errors=[FieldError(("query", "cursor"), str(exc))]
+        ) from exc
+    filters = ListFilters(status=status.value if status else None, tag=tag, to=to)
+    return await service.list_messages(
+        session, principal.tenant, filters, before=before, limit=limit
+    )

@@ -1,0 +1,375 @@
+"""Every query on messages, attempts and message events. Writes on the hot path work on sets."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ARRAY, Integer, Text, bindparam, insert, select, text
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from mailsvc.models import Attempt, Message, MessageEvent
+
+_UUIDS = ARRAY(UUID(as_uuid=True))
+_TEXTS = ARRAY(Text)
+_INTS = ARRAY(Integer)
+_TIMES = ARRAY(TIMESTAMP(timezone=True))
+
+
+@dataclass(frozen=True)
+class ListFilters:
+    status: str | None = None
+    tag: str | None = None
+    to: str | None = None
+
+
+@dataclass(frozen=True)
+class ClaimedMessage:
+    """What a worker needs to send one message, returned by the claim."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    attempt: int
+    lane: str
+    sender: dict[str, Any]
+    to: list[dict[str, Any]]
+    cc: list[dict[str, Any]]
+    bcc: list[dict[str, Any]]
+    reply_to: dict[str, Any] | None
+    subject: str
+    text_body: str | None
+    html_body: str | None
+    headers: dict[str, str]
+    tags: list[str]
+    message_id_header: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    message_id: uuid.UUID
+    number: int
+    provider: str
+    started_at: datetime
+    finished_at: datetime
+    outcome: str
+    error_code: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where one claimed message ends up after its attempt."""
+
+    message_id: uuid.UUID
+    attempt: int  # the fencing token: only the claim that made this attempt may record it
+    status: str  # sent | retrying | failed
+    provider: str | None = None
+    provider_message_id: str | None = None
+    error_code: str | None = None
+    error: str | None = None
+    not_before: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Parked:
+    id: uuid.UUID
+    lane: str
+    status: str
+
+
+_CLAIM = text(
+    """
+    UPDATE messages
+       SET status = 'sending',
+           lease_until = now() + make_interval(secs => :lease_seconds),
+           attempt_count = attempt_count + 1,
+           updated_at = now()
+     WHERE id = ANY(:ids)
+       AND ((status IN ('queued', 'retrying') AND not_before <= now())
+            OR (status = 'sending' AND lease_until < now()))
+    RETURNING id, tenant_id, attempt_count, lane, sender, "to", cc, bcc, reply_to, subject,
+              text_body, html_body, headers, tags, message_id_header, created_at
+    """
+).bindparams(bindparam("ids", type_=_UUIDS))
+
+# One statement records a batch: the outcome of each claim that is still current (the attempt
+# number fences out a worker whose lease expired), every attempt made, and an event per outcome.
+_RECORD_DELIVERIES = text(
+    """
+    WITH outcome AS (
+        SELECT * FROM unnest(:ids, :attempts, :statuses, :providers, :provider_ids, :codes,
+                             :errors, :not_befores)
+            AS v(id, attempt, status, provider, provider_message_id, error_code, error,
+                 not_before)
+    ), updated AS (
+        UPDATE messages AS m
+           SET status = v.status,
+               sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE m.sent_at END,
+               provider = COALESCE(v.provider, m.provider),
+               provider_message_id = COALESCE(v.provider_message_id, m.provider_message_id),
+               error_code = v.error_code,
+               error = v.error,
+               not_before = COALESCE(v.not_before, m.not_before),
+               lease_until = NULL,
+               enqueued_at = NULL,
+               updated_at = now()
+          FROM outcome AS v
+         WHERE m.id = v.id AND m.status = 'sending' AND m.attempt_count = v.attempt
+        RETURNING m.id, v.status, v.provider, v.error_code
+    ), tried AS (
+        INSERT INTO attempts (message_id, number, provider, started_at, finished_at, outcome,
+                              error_code, error)
+        SELECT * FROM unnest(:attempt_ids, :numbers, :attempt_providers, :started, :finished,
+                             :outcomes, :attempt_codes, :attempt_errors)
+    ), logged AS (
+        INSERT INTO message_events (message_id, type, detail)
+        SELECT id, status,
+               jsonb_strip_nulls(jsonb_build_object('provider', provider, 'error_code', error_code))
+          FROM updated
+    )
+    SELECT id FROM updated
+    """
+).bindparams(
+    bindparam("ids", type_=_UUIDS),
+    bindparam("attempts", type_=_INTS),
+    bindparam("statuses", type_=_TEXTS),
+    bindparam("providers", type_=_TEXTS),
+    bindparam("provider_ids", type_=_TEXTS),
+    bindparam("codes", type_=_TEXTS),
+    bindparam("errors", type_=_TEXTS),
+    bindparam("not_befores", type_=_TIMES),
+    bindparam("attempt_ids", type_=_UUIDS),
+    bindparam("numbers", type_=_INTS),
+    bindparam("attempt_providers", type_=_TEXTS),
+    bindparam("started", type_=_TIMES),
+    bindparam("finished", type_=_TIMES),
+    bindparam("outcomes", type_=_TEXTS),
+    bindparam("attempt_codes", type_=_TEXTS),
+    bindparam("attempt_errors", type_=_TEXTS),
+)
+
+_INSERT_EVENTS = text(
+    """
+    INSERT INTO message_events (message_id, type, detail)
+    SELECT * FROM unnest(:ids, :types, :details)
+    """
+).bindparams(
+    bindparam("ids", type_=_UUIDS),
+    bindparam("types", type_=_TEXTS),
+    bindparam("details", type_=ARRAY(JSONB)),
+)
+
+_DISPATCH_DUE = text(
+    """
+    WITH due AS (
+        SELECT id FROM messages
+         WHERE enqueued_at IS NULL
+           AND status IN ('scheduled', 'queued', 'retrying')
+           AND not_before <= now()
+         ORDER BY not_before
+         LIMIT :limit
+           FOR UPDATE SKIP LOCKED
+    )
+    UPDATE messages AS m
+       SET enqueued_at = now(),
+           status = CASE WHEN m.status = 'scheduled' THEN 'queued' ELSE m.status END,
+           updated_at = now()
+      FROM due
+     WHERE m.id = due.id
+    RETURNING m.id, m.lane, m.status
+    """
+)
+
+_RELEASE_EXPIRED_LEASES = text(
+    """
+    UPDATE messages
+       SET status = 'retrying', lease_until = NULL, enqueued_at = NULL, not_before = now(),
+           updated_at = now()
+     WHERE id IN (SELECT id FROM messages
+                   WHERE status = 'sending' AND lease_until < now()
+                   LIMIT :limit FOR UPDATE SKIP LOCKED)
+    RETURNING id
+    """
+)
+
+_UNPARK_LOST = text(
+    """
+    UPDATE messages
+       SET enqueued_at = NULL, updated_at = now()
+     WHERE id IN (SELECT id FROM messages
+                   WHERE enqueued_at IS NOT NULL
+                     AND enqueued_at < now() - make_interval(secs => :older_than)
+                     AND ((status = 'queued' AND lane = ANY(:lanes))
+                          OR (status = 'retrying' AND :include_retrying))
+                   LIMIT :limit FOR UPDATE SKIP LOCKED)
+    RETURNING id
+    """
+).bindparams(bindparam("lanes", type_=_TEXTS))
+
+
+class MessageRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    # -- the api ----------------------------------------------------------------------------
+
+    async def insert(self, rows: Sequence[dict[str, Any]]) -> None:
+        await self.session.execute(insert(Message), list(rows))
+
+    async def get(self, tenant_id: uuid.UUID, message_id: uuid.UUID) -> Message | None:
+        result = await self.session.execute(
+            select(Message).where(Message.tenant_id == tenant_id, Message.id == message_id)
+        )
+        return result.scalar_one_or_none()
+
+    async def page(
+        self,
+        tenant_id: uuid.UUID,
+        filters: ListFilters,
+        *,
+        before: uuid.UUID | None,
+        limit: int,
+    ) -> list[Message]:
+        query = select(Message).where(Message.tenant_id == tenant_id)
+        if filters.status:
+            query = query.where(Message.status == filters.status)
+        if filters.tag:
+            query = query.where(Message.tags.contains([filters.tag]))
+        if filters.to:
+            query = query.where(Message.recipients.contains([filters.to.lower()]))
+        if before is not None:
+            query = query.where(Message.id < before)
+        result = await self.session.execute(query.order_by(Message.id.desc()).limit(limit))
+        return list(result.scalars())
+
+    async def attempts_for(self, ids: Sequence[uuid.UUID]) -> list[Attempt]:
+        result = await self.session.execute(
+            select(Attempt)
+            .where(Attempt.message_id.in_(ids))
+            .order_by(Attempt.message_id, Attempt.id)
+        )
+        return list(result.scalars())
+
+    async def events_for(self, ids: Sequence[uuid.UUID]) -> list[MessageEvent]:
+        result = await self.session.execute(
+            select(MessageEvent)
+            .where(MessageEvent.message_id.in_(ids))
+            .order_by(MessageEvent.message_id, MessageEvent.id)
+        )
+        return list(result.scalars())
+
+    async def add_events(self, events: Sequence[tuple[uuid.UUID, str, dict[str, Any]]]) -> None:
+        if not events:
+            return
+        await self.session.execute(
+            _INSERT_EVENTS,
+            {
+                "ids": [e[0] for e in events],
+                "types": [e[1] for e in events],
+                "details": [e[2] for e in events],
+            },
+        )
+
+    # -- beat: the dispatcher and the sweeper -----------------------------------------------------
+
+    async def mark_due_enqueued(self, *, limit: int) -> list[Parked]:
+        result = await self.session.execute(_DISPATCH_DUE, {"limit": limit})
+        return [Parked(id=row.id, lane=row.lane, status=row.status) for row in result]
+
+    async def release_expired_leases(self, *, limit: int) -> list[uuid.UUID]:
+        result = await self.session.execute(_RELEASE_EXPIRED_LEASES, {"limit": limit})
+        return [row.id for row in result]
+
+    async def unpark_lost(
+        self,
+        *,
+        lanes: Sequence[str],
+        include_retrying: bool,
+        older_than_seconds: int,
+        limit: int,
+    ) -> list[uuid.UUID]:
+        result = await self.session.execute(
+            _UNPARK_LOST,
+            {
+                "lanes": list(lanes),
+                "include_retrying": include_retrying,
+                "older_than": older_than_seconds,
+                "limit": limit,
+            },
+        )
+        return [row.id for row in result]
+
+
+class DeliveryRepository:
+    """The worker's hot path: one statement to claim a batch, one to record it.
+
+    It runs on an autocommit connection: each statement is its own transaction, so a batch
+    costs two round trips and holds no transaction open while providers are called.
+    """
+
+    def __init__(self, connection: AsyncConnection | AsyncSession) -> None:
+        self.connection = connection
+
+    async def claim(self, ids: Sequence[uuid.UUID], *, lease_seconds: int) -> list[ClaimedMessage]:
+        """Take the rows that are due and unclaimed; a duplicate or stale task gets nothing."""
+        result = await self.connection.execute(
+            _CLAIM, {"ids": list(ids), "lease_seconds": lease_seconds}
+        )
+        return [
+            ClaimedMessage(
+                id=row.id,
+                tenant_id=row.tenant_id,
+                attempt=row.attempt_count,
+                lane=row.lane,
+                sender=row.sender,
+                to=row.to,
+                cc=row.cc,
+                bcc=row.bcc,
+                reply_to=row.reply_to,
+                subject=row.subject,
+                text_body=row.text_body,
+                html_body=row.html_body,
+                headers=row.headers,
+                tags=row.tags,
+                message_id_header=row.message_id_header,
+                created_at=row.created_at,
+            )
+            for row in result
+        ]
+
+    async def record(
+        self, outcomes: Sequence[Outcome], attempts: Sequence[AttemptRecord]
+    ) -> set[uuid.UUID]:
+        """Write outcomes, attempts and events at once; returns the ids whose claim was current.
+
+        Every attempt is kept, even one whose claim went stale: it did reach the provider.
+        """
+        if not outcomes and not attempts:
+            return set()
+        result = await self.connection.execute(
+            _RECORD_DELIVERIES,
+            {
+                "ids": [o.message_id for o in outcomes],
+                "attempts": [o.attempt for o in outcomes],
+                "statuses": [o.status for o in outcomes],
+                "providers": [o.provider for o in outcomes],
+                "provider_ids": [o.provider_message_id for o in outcomes],
+                "codes": [o.error_code for o in outcomes],
+                "errors": [o.error for o in outcomes],
+                "not_befores": [o.not_before for o in outcomes],
+                "attempt_ids": [a.message_id for a in attempts],
+                "numbers": [a.number for a in attempts],
+                "attempt_providers": [a.provider for a in attempts],
+                "started": [a.started_at for a in attempts],
+                "finished": [a.finished_at for a in attempts],
+                "outcomes": [a.outcome for a in attempts],
+                "attempt_codes": [a.error_code for a in attempts],
+                "attempt_errors": [a.error for a in attempts],
+            },
+        )
+        return {row.id for row in result}

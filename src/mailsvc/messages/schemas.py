@@ -1,0 +1,182 @@
+"""Request and response bodies of the messages API."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from mailsvc.config import settings
+
+Priority = Literal["high", "normal", "low"]
+
+_HEADER_NAME = re.compile(r"^X-[A-Za-z0-9][A-Za-z0-9-]{0,75}$")
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_RESERVED_HEADER_PREFIX = "x-mailsvc-"
+
+
+def no_line_breaks(value: str) -> str:
+    """Header values may not carry CR or LF: that is how header injection works."""
+    if "\r" in value or "\n" in value or "\x00" in value:
+        raise ValueError("must not contain CR, LF or NUL characters")
+    return value
+
+
+HeaderText = Annotated[str, AfterValidator(no_line_breaks)]
+
+
+def _normalise_email(value: str) -> str:
+    """A valid address in ASCII form: IDN domains become punycode.
+
+    Non-ASCII local parts need SMTPUTF8 end to end, which most providers refuse, so they are
+    rejected here rather than failing later at delivery.
+    """
+    try:
+        result = validate_email(value, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"{value!r} is not a valid email address: {exc}") from exc
+    return str(result.ascii_email or result.normalized)
+
+
+class Address(BaseModel):
+    """An address: "a@b.c", or {"email": "a@b.c", "name": "Ada"}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: Annotated[str, Field(max_length=320), AfterValidator(_normalise_email)]
+    name: Annotated[HeaderText, Field(max_length=200)] | None = None
+
+
+def _address_from_string(value: Any) -> Any:
+    return {"email": value} if isinstance(value, str) else value
+
+
+AddressIn = Annotated[Address, BeforeValidator(_address_from_string)]
+
+
+def _check_headers(headers: dict[str, str]) -> dict[str, str]:
+    for name, value in headers.items():
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f"header {name!r} is not allowed: only X-* headers may be set")
+        if name.lower().startswith(_RESERVED_HEADER_PREFIX):
+            raise ValueError(f"header {name!r} is reserved")
+        no_line_breaks(value)
+        if len(value) > 998:
+            raise ValueError(f"header {name!r} is longer than 998 characters")
+    return headers
+
+
+def _check_tags(tags: list[str]) -> list[str]:
+    for tag in tags:
+        if not _TAG.match(tag):
+            raise ValueError(f"tag {tag!r} must be 1-64 of A-Z a-z 0-9 _ . : -")
+    return list(dict.fromkeys(tags))
+
+
+def _check_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    for key, value in metadata.items():
+        if not 1 <= len(key) <= 64:
+            raise ValueError("metadata keys must be 1-64 characters")
+        if len(value) > 1024:
+            raise ValueError(f"metadata value of {key!r} is longer than 1024 characters")
+    return metadata
+
+
+class MessageCreate(BaseModel):
+    """One email to send. Raw content: subject and text and/or html."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    to: Annotated[list[AddressIn], Field(min_length=1)]
+    cc: list[AddressIn] = Field(default_factory=list)
+    bcc: list[AddressIn] = Field(default_factory=list)
+    from_: Annotated[AddressIn | None, Field(alias="from")] = None
+    reply_to: AddressIn | None = None
+    subject: Annotated[HeaderText, Field(min_length=1, max_length=998)]
+    text: Annotated[str | None, Field(max_length=512 * 1024)] = None
+    html: Annotated[str | None, Field(max_length=512 * 1024)] = None
+    headers: Annotated[dict[str, str], AfterValidator(_check_headers), Field(max_length=20)] = (
+        Field(default_factory=dict)
+    )
+    tags: Annotated[list[str], AfterValidator(_check_tags), Field(max_length=10)] = Field(
+        default_factory=list
+    )
+    metadata: Annotated[dict[str, str], AfterValidator(_check_metadata), Field(max_length=20)] = (
+        Field(default_factory=dict)
+    )
+    priority: Priority = "high"
+
+    @model_validator(mode="after")
+    def _content_and_recipients(self) -> MessageCreate:
+        if self.text is None and self.html is None:
+            raise ValueError("give text, html or both")
+        count = self.recipient_count()
+        if count > settings.max_recipients:
+            raise ValueError(
+                f"at most {settings.max_recipients} recipients (to, cc and bcc together); "
+                f"got {count}"
+            )
+        return self
+
+    def recipient_count(self) -> int:
+        return len(self.to) + len(self.cc) + len(self.bcc)
+
+
+class Attempt(BaseModel):
+    number: int
+    provider: str
+    started_at: datetime
+    finished_at: datetime
+    outcome: str
+    error_code: str | None
+    error: str | None
+
+
+class Event(BaseModel):
+    type: str
+    at: datetime
+    detail: dict[str, Any]
+
+
+class Message(BaseModel):
+    """A message and everything that happened to it."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: uuid.UUID
+    status: str
+    from_: Annotated[Address, Field(alias="from", serialization_alias="from")]
+    to: list[Address]
+    cc: list[Address]
+    subject: str
+    template: str | None
+    tags: list[str]
+    metadata: dict[str, str]
+    priority: Priority
+    send_at: datetime | None
+    created_at: datetime
+    sent_at: datetime | None
+    provider: str | None
+    provider_message_id: str | None
+    message_id_header: str
+    attempt_count: int
+    error_code: str | None
+    error: str | None
+    attempts: list[Attempt]
+    events: list[Event]
+
+
+class MessagePage(BaseModel):
+    data: list[Message]
+    next_cursor: str | None

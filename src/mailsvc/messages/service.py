@@ -1,0 +1,200 @@
+"""Accepting messages and reading them back, always within one tenant."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailsvc.auth.service import TenantInfo
+from mailsvc.errors import FieldError, NotFound, ValidationFailed
+from mailsvc.kit.ids import uuid7
+from mailsvc.kit.outbox import enqueue
+from mailsvc.kit.pagination import encode_cursor
+from mailsvc.kit.time import Clock, utcnow
+from mailsvc.messages import schemas
+from mailsvc.messages.repository import ListFilters, MessageRepository
+from mailsvc.metrics import MESSAGES_ACCEPTED
+from mailsvc.models import Message, MessageEvent, MessageStatus
+from mailsvc.worker import queues
+
+SEND_TASK = "messages.send"
+
+
+def _address(value: schemas.Address) -> dict[str, Any]:
+    return {"email": value.email, "name": value.name}
+
+
+def _resolve_sender(
+    tenant: TenantInfo, body: schemas.MessageCreate, loc: tuple[str | int, ...]
+) -> schemas.Address:
+    sender = body.from_
+    if sender is None:
+        if tenant.default_sender is None:
+            raise ValidationFailed(
+                "no sender given and the tenant has no default sender",
+                errors=[FieldError((*loc, "from"), "required: the tenant has no default sender")],
+            )
+        sender = schemas.Address(email=tenant.default_sender)
+    if not tenant.may_send_from(sender.email):
+        allowed = ", ".join(sorted(tenant.allowed_domains))
+        raise ValidationFailed(
+            f"sender domain of {sender.email!r} is not one of this tenant's domains",
+            errors=[
+                FieldError(
+                    (*loc, "from"),
+                    f"the domain of {sender.email!r} is not one of the tenant's sender domains "
+                    f"({allowed})",
+                )
+            ],
+        )
+    return sender
+
+
+def build_message(
+    tenant: TenantInfo,
+    body: schemas.MessageCreate,
+    *,
+    lane: str,
+    clock: Clock = utcnow,
+    loc: tuple[str | int, ...] = ("body",),
+) -> Message:
+    """A new queued message row (not yet added to a session)."""
+    sender = _resolve_sender(tenant, body, loc)
+    message_id = uuid7()
+    now = clock()
+    domain = sender.email.rpartition("@")[2]
+    recipients = [a.email.lower() for a in (*body.to, *body.cc, *body.bcc)]
+    return Message(
+        id=message_id,
+        tenant_id=tenant.id,
+        status=MessageStatus.queued.value,
+        lane=lane,
+        priority=body.priority,
+        sender=_address(sender),
+        to=[_address(a) for a in body.to],
+        cc=[_address(a) for a in body.cc],
+        bcc=[_address(a) for a in body.bcc],
+        reply_to=_address(body.reply_to) if body.reply_to else None,
+        recipients=list(dict.fromkeys(recipients)),
+        subject=body.subject,
+        text_body=body.text,
+        html_body=body.html,
+        template=None,
+        variables=None,
+        headers=body.headers,
+        tags=body.tags,
+        meta=body.metadata,
+        send_at=None,
+        # not_before is left to the database's now(): the claim compares it with the database
+        # clock, and an API host whose clock runs ahead would otherwise strand the row.
+        lease_until=None,
+        enqueued_at=now,
+        attempt_count=0,
+        message_id_header=f"<{message_id.hex}@{domain}>",
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def accept_messages(
+    session: AsyncSession, messages: Sequence[Message], *, batch_size: int = 1
+) -> None:
+    """Store new messages and enqueue their first send, in jobs of `batch_size` ids per lane."""
+    session.add_all(messages)
+    session.add_all(
+        MessageEvent(message_id=m.id, type="accepted", at=m.created_at, detail={}) for m in messages
+    )
+    await session.flush()
+    by_queue: dict[str, list[str]] = defaultdict(list)
+    for message in messages:
+        if message.enqueued_at is not None:
+            by_queue[queues.queue_for(message.lane, message.status)].append(str(message.id))
+    for queue, ids in by_queue.items():
+        MESSAGES_ACCEPTED.labels(queue).inc(len(ids))
+        for start in range(0, len(ids), batch_size):
+            enqueue(session, SEND_TASK, queue=queue, ids=ids[start : start + batch_size])
+
+
+async def send_message(
+    session: AsyncSession, tenant: TenantInfo, body: schemas.MessageCreate
+) -> schemas.Message:
+    message = build_message(tenant, body, lane=queues.TRANSACTIONAL)
+    await accept_messages(session, [message])
+    accepted = schemas.Event(type="accepted", at=message.created_at, detail={})
+    return present(message, attempts=[], events=[accepted])
+
+
+async def get_message(
+    session: AsyncSession, tenant: TenantInfo, message_id: uuid.UUID
+) -> schemas.Message:
+    repo = MessageRepository(session)
+    message = await repo.get(tenant.id, message_id)
+    if message is None:
+        raise NotFound(f"message {message_id} does not exist")
+    return (await _present_all(repo, [message]))[0]
+
+
+async def list_messages(
+    session: AsyncSession,
+    tenant: TenantInfo,
+    filters: ListFilters,
+    *,
+    before: uuid.UUID | None,
+    limit: int,
+) -> schemas.MessagePage:
+    repo = MessageRepository(session)
+    rows = await repo.page(tenant.id, filters, before=before, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return schemas.MessagePage(
+        data=await _present_all(repo, rows),
+        next_cursor=encode_cursor(rows[-1].id) if more and rows else None,
+    )
+
+
+async def _present_all(repo: MessageRepository, rows: Sequence[Message]) -> list[schemas.Message]:
+    ids = [m.id for m in rows]
+    attempts: dict[uuid.UUID, list[schemas.Attempt]] = defaultdict(list)
+    events: dict[uuid.UUID, list[schemas.Event]] = defaultdict(list)
+    if ids:
+        for attempt in await repo.attempts_for(ids):
+            attempts[attempt.message_id].append(
+                schemas.Attempt.model_validate(attempt, from_attributes=True)
+            )
+        for event in await repo.events_for(ids):
+            events[event.message_id].append(
+                schemas.Event(type=event.type, at=event.at, detail=event.detail)
+            )
+    return [present(m, attempts=attempts[m.id], events=events[m.id]) for m in rows]
+
+
+def present(
+    message: Message, *, attempts: list[schemas.Attempt], events: list[schemas.Event]
+) -> schemas.Message:
+    return schemas.Message(
+        id=message.id,
+        status=message.status,
+        from_=schemas.Address.model_construct(**message.sender),
+        to=[schemas.Address.model_construct(**a) for a in message.to],
+        cc=[schemas.Address.model_construct(**a) for a in message.cc],
+        subject=message.subject,
+        template=message.template,
+        tags=list(message.tags),
+        metadata=dict(message.meta),
+        priority=message.priority,
+        send_at=message.send_at,
+        created_at=message.created_at,
+        sent_at=message.sent_at,
+        provider=message.provider,
+        provider_message_id=message.provider_message_id,
+        message_id_header=message.message_id_header,
+        attempt_count=message.attempt_count,
+        error_code=message.error_code,
+        error=message.error,
+        attempts=attempts,
+        events=events,
+    )

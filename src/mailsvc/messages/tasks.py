@@ -1,0 +1,82 @@
+"""Celery tasks of the messages domain. Thin: parse ids, run the service coroutine on the bridge."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from celery import Task
+
+from mailsvc.config import settings
+from mailsvc.kit.logging import log_context
+from mailsvc.messages import sending, upkeep
+from mailsvc.worker import bridge, queues
+from mailsvc.worker.app import celery_app
+from mailsvc.worker.publish import queue_depths
+
+
+@celery_app.task(name="messages.send", bind=True)
+def send(self: Task, ids: list[str]) -> dict[str, int]:
+    """Claim and deliver these messages; a duplicate or stale task claims nothing."""
+    runtime = bridge.runtime()
+    with log_context(task_id=self.request.id):
+        report = runtime.run(
+            sending.deliver(
+                runtime.database,
+                runtime.transport,
+                [uuid.UUID(i) for i in ids],
+                lease_seconds=settings.claim_lease_seconds,
+            )
+        )
+    return {
+        "claimed": report.claimed,
+        "sent": report.sent,
+        "failed": report.failed,
+        "retrying": report.retrying,
+        "stale": report.stale,
+    }
+
+
+def _dispatch_rounds(runtime: bridge.Runtime) -> int:
+    total = 0
+    # Several rounds per run, so a large backlog of due rows drains between beats.
+    for _ in range(20):
+        count = runtime.run(
+            runtime.in_transaction(
+                lambda session: upkeep.dispatch_due(session, limit=settings.sweep_batch_size)
+            )
+        )
+        total += count
+        if count < settings.sweep_batch_size:
+            break
+    return total
+
+
+@celery_app.task(name="messages.dispatch_due")
+def dispatch_due() -> int:
+    """Publish parked messages whose time has come."""
+    return _dispatch_rounds(bridge.runtime())
+
+
+@celery_app.task(name="messages.sweep")
+def sweep() -> dict[str, Any]:
+    """Park again the messages a dead worker or a lost broker left behind."""
+    runtime = bridge.runtime()
+    depths = queue_depths(queues.ALL_QUEUES)
+    report = runtime.run(
+        runtime.in_transaction(
+            lambda session: upkeep.sweep(
+                session,
+                depths=depths,
+                older_than_seconds=settings.sweep_after_seconds,
+                limit=settings.sweep_batch_size,
+            )
+        )
+    )
+    dispatched = _dispatch_rounds(runtime) if report.expired_leases or report.lost else 0
+    return {
+        "expired_leases": report.expired_leases,
+        "lost": report.lost,
+        "dispatched": dispatched,
+        "depths": depths,
+    }

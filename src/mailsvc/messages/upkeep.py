@@ -1,0 +1,67 @@
+"""Beat's outbox jobs: the dispatcher hands due rows to the broker, the sweeper finds lost ones.
+
+A row is either *in the broker* (enqueued_at set) or *parked* (enqueued_at NULL, waiting for
+not_before). The dispatcher publishes parked rows that are due. The sweeper parks again the rows
+that cannot still be in the broker: claims whose lease expired (the worker died), and enqueued
+rows older than a threshold while their queue is empty (the broker lost them, or a publish failed).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailsvc.kit.outbox import enqueue
+from mailsvc.messages.repository import MessageRepository
+from mailsvc.messages.service import SEND_TASK
+from mailsvc.worker import queues
+
+# Ids per send job when the dispatcher hands rows over: small for the latency lanes.
+DISPATCH_BATCH = {
+    queues.TRANSACTIONAL: 10,
+    queues.RETRY: 25,
+    queues.SCHEDULED: 50,
+    queues.BULK: 100,
+}
+
+
+async def dispatch_due(session: AsyncSession, *, limit: int) -> int:
+    """Publish parked rows whose not_before has come (after this transaction commits)."""
+    parked = await MessageRepository(session).mark_due_enqueued(limit=limit)
+    by_queue: dict[str, list[str]] = defaultdict(list)
+    for row in parked:
+        by_queue[queues.queue_for(row.lane, row.status)].append(str(row.id))
+    for queue, ids in by_queue.items():
+        size = DISPATCH_BATCH.get(queue, 50)
+        for start in range(0, len(ids), size):
+            enqueue(session, SEND_TASK, queue=queue, ids=ids[start : start + size])
+    return len(parked)
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    expired_leases: int
+    lost: int
+
+
+async def sweep(
+    session: AsyncSession,
+    *,
+    depths: Mapping[str, int],
+    older_than_seconds: int,
+    limit: int,
+) -> SweepReport:
+    """Park again what the broker cannot be holding; the dispatcher publishes it next."""
+    repo = MessageRepository(session)
+    expired = await repo.release_expired_leases(limit=limit)
+    empty_lanes = [lane for lane in queues.LANES if depths.get(lane, 0) == 0]
+    lost = await repo.unpark_lost(
+        lanes=empty_lanes,
+        include_retrying=depths.get(queues.RETRY, 0) == 0,
+        older_than_seconds=older_than_seconds,
+        limit=limit,
+    )
+    return SweepReport(expired_leases=len(expired), lost=len(lost))

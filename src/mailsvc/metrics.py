@@ -1,0 +1,60 @@
+"""Prometheus collectors, in one place.
+
+The API serves them at /metrics. Celery pool processes are separate processes: when
+PROMETHEUS_MULTIPROC_DIR is set (`mailsvc worker --metrics-port`), each writes its samples
+there and the worker's main process serves the sum.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+MESSAGES_ACCEPTED = Counter(
+    "mailsvc_messages_accepted_total", "Messages accepted by the API.", ["lane"]
+)
+MESSAGES_SENT = Counter(
+    "mailsvc_messages_sent_total", "Messages a provider accepted.", ["provider"]
+)
+MESSAGES_FAILED = Counter(
+    "mailsvc_messages_failed_total",
+    "Delivery attempts that failed, by provider and kind (transient or permanent).",
+    ["provider", "kind"],
+)
+HTTP_DURATION = Histogram(
+    "mailsvc_http_request_duration_seconds",
+    "API request latency, from the first byte received to the response sent.",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+
+
+class RequestMetrics:
+    """Times every request by its route template (never the raw path: ids would explode labels)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            HTTP_DURATION.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - started
+            )

@@ -1,0 +1,1 @@
+"""Celery plumbing: the app, queues and roles, the async bridge, publishing, the beat schedule."""

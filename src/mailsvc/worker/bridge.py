@@ -1,0 +1,109 @@
+"""The async bridge: one event loop, one engine and one set of transports per worker process.
+
+Tasks are thin sync functions that run one coroutine on that loop. Everything is created at
+`worker_process_init` (or on first use in a solo/threads pool) and closed at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from celery.signals import worker_process_init, worker_process_shutdown
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailsvc.config import settings
+from mailsvc.db import Database
+from mailsvc.delivery.smtp import SmtpConfig, SmtpTransport
+from mailsvc.delivery.transport import Transport
+from mailsvc.kit.outbox import outbox_of
+from mailsvc.worker.publish import publish_jobs
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class Runtime:
+    loop: asyncio.AbstractEventLoop
+    database: Database
+    transport: Transport
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coroutine)
+
+    async def in_transaction(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Runs `work` in one transaction, then publishes the jobs it enqueued."""
+        async with self.database.transaction() as session:
+            result = await work(session)
+        jobs = outbox_of(session).take_released()
+        if jobs:
+            publish_jobs(jobs)
+        return result
+
+
+_runtime: Runtime | None = None
+
+
+def smtp_transport() -> SmtpTransport:
+    return SmtpTransport(
+        SmtpConfig(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            starttls=settings.smtp_starttls,
+            timeout=settings.smtp_timeout_seconds,
+            pool_size=settings.smtp_pool_size,
+        )
+    )
+
+
+def start() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        _runtime = Runtime(
+            loop=loop,
+            database=Database.from_url(settings.async_database_url, pool_size=4),
+            transport=smtp_transport(),
+        )
+    return _runtime
+
+
+def runtime() -> Runtime:
+    return _runtime or start()
+
+
+def stop() -> None:
+    global _runtime
+    current, _runtime = _runtime, None
+    if current is None:
+        return
+    try:
+        current.run(current.transport.close())
+        current.run(current.database.dispose())
+    except Exception:
+        log.exception("worker runtime did not close cleanly")
+    finally:
+        current.loop.close()
+
+
+@worker_process_init.connect
+def _on_process_init(**_: Any) -> None:
+    start()
+
+
+@worker_process_shutdown.connect
+def _on_process_shutdown(pid: int | None = None, **_: Any) -> None:
+    stop()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid())

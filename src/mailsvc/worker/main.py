@@ -1,0 +1,9 @@
+"""The worker's entry point: the only module that imports every tasks module."""
+
+from __future__ import annotations
+
+import mailsvc.messages.tasks  # noqa: F401
+from mailsvc.worker import bridge  # noqa: F401  (connects the process init/shutdown signals)
+from mailsvc.worker.app import celery_app
+
+__all__ = ["celery_app"]

@@ -1,0 +1,122 @@
+"""`mailsvc dev` (what `make run` runs) from an empty folder, as a newcomer would use it."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from mailsvc.devserver.embedded import free_port
+
+pytestmark = pytest.mark.e2e
+
+BANNER = "mailsvc is running."
+
+
+class DevRun:
+    def __init__(self, folder: Path, port: int) -> None:
+        self.folder = folder
+        self.port = port
+        self.log = folder / f"dev-{time.monotonic_ns()}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSVC_")}
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mailsvc", "dev", "--port", str(port)],
+                cwd=folder,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 120.0) -> str:
+        deadline = time.monotonic() + timeout
+        while BANNER not in self.text() or "Ctrl-C stops everything." not in self.text():
+            assert self.process.poll() is None, self.text()[-4000:]
+            assert time.monotonic() < deadline, self.text()[-4000:]
+            time.sleep(0.1)
+        lines = self.text().splitlines()
+        return lines[lines.index("Token (all scopes, 30 days):") + 1].strip()
+
+    def interrupt(self) -> int:
+        self.process.send_signal(signal.SIGINT)  # what Ctrl-C delivers
+        return self.process.wait(60)
+
+
+def processes_of(folder: Path) -> list[psutil.Process]:
+    """Anything still running that was started in, or points into, the folder."""
+    found = []
+    for process in psutil.process_iter(["pid", "cwd", "cmdline"]):
+        cwd = process.info.get("cwd") or ""
+        cmdline = " ".join(process.info.get("cmdline") or [])
+        if process.pid != os.getpid() and (cwd.startswith(str(folder)) or str(folder) in cmdline):
+            found.append(process)
+    return found
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Iterator[Path]:
+    project = tmp_path / "p"
+    project.mkdir()
+    yield project
+    for process in processes_of(project):  # never leave a server behind, even on failure
+        process.kill()
+
+
+def test_make_run_sends_an_email_then_stops_cleanly_and_keeps_its_data(folder: Path) -> None:
+    port = free_port()
+    first = DevRun(folder, port)
+    token = first.wait_ready()
+    curl = re.search(r"-d '(\{.*\})'", first.text())
+    assert curl is not None, "the banner shows a ready curl line"
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    api = f"http://127.0.0.1:{port}"
+
+    response = httpx.post(f"{api}/v1/messages", content=curl.group(1), headers=headers)
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+
+    outbox = folder / ".mailsvc" / "outbox"
+    deadline = time.monotonic() + 20
+    while not list(outbox.glob("*.eml")):
+        assert time.monotonic() < deadline, first.text()[-3000:]
+        time.sleep(0.05)
+    [eml] = list(outbox.glob("*.eml"))
+    received = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert received["Message-ID"] == accepted["message_id_header"]
+
+    deadline = time.monotonic() + 20
+    while (message := httpx.get(f"{api}/v1/messages/{accepted['id']}", headers=headers).json())[
+        "status"
+    ] != "sent":
+        assert time.monotonic() < deadline, message
+        time.sleep(0.05)
+    assert len(message["attempts"]) == 1
+
+    assert first.interrupt() == 0
+    assert processes_of(folder) == []
+    assert not (folder / ".mailsvc" / "runtime.json").exists()
+
+    second = DevRun(folder, port)
+    token = second.wait_ready()
+    again = httpx.get(
+        f"{api}/v1/messages/{accepted['id']}", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert again.status_code == 200
+    assert again.json()["status"] == "sent"
+    assert second.interrupt() == 0
+    assert processes_of(folder) == []

@@ -1,0 +1,38 @@
+"""Small async factories for rows the tests need."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailsvc.auth.service import TenantInfo
+from mailsvc.messages import service
+from mailsvc.messages.schemas import MessageCreate
+from mailsvc.models import Tenant
+from mailsvc.worker import queues
+
+
+def tenant_info(tenant: Tenant) -> TenantInfo:
+    return TenantInfo(
+        id=tenant.id,
+        name=tenant.name,
+        allowed_domains=frozenset(tenant.allowed_domains),
+        default_sender=tenant.default_sender,
+    )
+
+
+async def queue_messages(session: AsyncSession, tenant: Tenant, count: int) -> list[uuid.UUID]:
+    rows = [
+        service.build_message(
+            tenant_info(tenant),
+            MessageCreate.model_validate(
+                {"to": [f"user{i}@example.net"], "subject": f"Message {i}", "text": "Body"}
+            ),
+            lane=queues.BULK,
+        )
+        for i in range(count)
+    ]
+    await service.accept_messages(session, rows)
+    await session.commit()
+    return [row.id for row in rows]

@@ -1,0 +1,370 @@
+"""POST/GET /v1/messages: what is accepted, what is refused and exactly how."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from mailsvc.auth import scopes
+from mailsvc.models import Tenant
+from tests.conftest import TenantFactory, bearer
+from tests.support.processes import eventually
+
+VALID = {"to": ["ada@example.net"], "subject": "Hello", "text": "Hi Ada"}
+
+
+def problem(status: int, title: str, detail: str, slug: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": f"https://mailsvc.dev/problems/{slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+
+
+async def post(
+    client: httpx.AsyncClient, tenant: Tenant, body: Any, **kwargs: Any
+) -> httpx.Response:
+    return await client.post("/v1/messages", json=body, headers=bearer(tenant), **kwargs)
+
+
+# -- accepted -------------------------------------------------------------------------------------
+
+
+async def test_accepts_and_enqueues_after_commit(
+    client: httpx.AsyncClient, tenant: Tenant, redis_client: aioredis.Redis
+) -> None:
+    response = await post(
+        client,
+        tenant,
+        {
+            **VALID,
+            "cc": [{"email": "Bob@Example.NET", "name": "Bob"}],
+            "html": "<p>Hi</p>",
+            "tags": ["welcome", "welcome"],
+            "metadata": {"user": "42"},
+            "headers": {"X-Campaign": "spring"},
+        },
+    )
+    assert response.status_code == 202
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    message_id = uuid.UUID(body["id"])
+    assert body["status"] == "queued"
+    assert body["from"] == {"email": "noreply@example.com", "name": None}
+    assert body["to"] == [{"email": "ada@example.net", "name": None}]
+    assert body["cc"] == [{"email": "Bob@example.net", "name": "Bob"}]
+    assert body["tags"] == ["welcome"]
+    assert body["metadata"] == {"user": "42"}
+    assert body["priority"] == "high"
+    assert body["message_id_header"] == f"<{message_id.hex}@example.com>"
+    assert body["attempts"] == []
+    assert [e["type"] for e in body["events"]] == ["accepted"]
+
+    # Published after the commit, ids only, on the transactional lane.
+    async def published() -> list[bytes]:
+        return list(await redis_client.lrange("transactional", 0, -1))
+
+    raw = await eventually(published, what="the send job in Redis")
+    assert len(raw) == 1
+    envelope = json.loads(raw[0])
+    assert envelope["headers"]["task"] == "messages.send"
+    assert json.loads(_body(envelope))[1] == {"ids": [str(message_id)]}
+
+
+def _body(envelope: dict[str, Any]) -> str:
+    import base64
+
+    return base64.b64decode(envelope["body"]).decode()
+
+
+async def test_requests_close_together_share_one_send_job(
+    app: FastAPI, client: httpx.AsyncClient, tenant: Tenant, redis_client: aioredis.Redis
+) -> None:
+    app.state.publish.window = 1.0  # wide enough that a slow machine still merges the three
+    responses = [await post(client, tenant, VALID) for _ in range(3)]
+    ids = sorted(r.json()["id"] for r in responses)
+
+    async def published() -> list[str]:
+        raw = await redis_client.lrange("transactional", 0, -1)
+        return sorted(i for m in raw for i in json.loads(_body(json.loads(m)))[1]["ids"])
+
+    assert await eventually(published, what="the merged send job") == ids
+    assert await redis_client.llen("transactional") == 1
+
+
+async def test_get_returns_own_message(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    created = (await post(client, tenant, VALID)).json()
+    response = await client.get(f"/v1/messages/{created['id']}", headers=bearer(tenant))
+    assert response.status_code == 200
+    assert response.json() == created
+
+
+# -- 422 ---------------------------------------------------------------------------------------
+
+
+async def test_invalid_json(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    response = await client.post(
+        "/v1/messages",
+        content=b'{"to": ["ada@example.net"], "subject": ',
+        headers={**bearer(tenant), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["type"] == "https://mailsvc.dev/problems/validation"
+    assert body["status"] == 422
+    assert body["errors"] == [
+        {"loc": ["body"], "msg": "the body is not valid JSON: Expecting value"}
+    ]
+
+
+async def test_unknown_field(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    response = await post(client, tenant, {**VALID, "bodyy": "typo"})
+    assert response.status_code == 422
+    assert response.json() == problem(
+        422,
+        "Unprocessable Content",
+        "body.bodyy: Extra inputs are not permitted",
+        "validation",
+        errors=[{"loc": ["body", "bodyy"], "msg": "Extra inputs are not permitted"}],
+    )
+
+
+async def test_bad_address(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    response = await post(client, tenant, {**VALID, "to": ["ada@@example.net"]})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["errors"] == [
+        {
+            "loc": ["body", "to", 0, "email"],
+            "msg": "'ada@@example.net' is not a valid email address: "
+            "The part after the @-sign contains invalid characters: '@'.",
+        }
+    ]
+
+
+async def test_non_ascii_local_part_is_refused(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    response = await post(client, tenant, {**VALID, "to": ["zoë@example.net"]})
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {
+            "loc": ["body", "to", 0, "email"],
+            "msg": "'zoë@example.net' is not a valid email address: "
+            "Internationalized characters before the @-sign are not supported: 'ë'.",
+        }
+    ]
+
+
+async def test_51_recipients(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    to = [f"user{i}@example.net" for i in range(40)]
+    cc = [f"copy{i}@example.net" for i in range(11)]
+    response = await post(client, tenant, {**VALID, "to": to, "cc": cc})
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {"loc": ["body"], "msg": "at most 50 recipients (to, cc and bcc together); got 51"}
+    ]
+
+
+async def test_50_recipients_are_fine(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    to = [f"user{i}@example.net" for i in range(50)]
+    assert (await post(client, tenant, {**VALID, "to": to})).status_code == 202
+
+
+@pytest.mark.parametrize("subject", ["Hi\r\nBcc: victim@example.org", "Hi\nX: y", "Hi\rthere"])
+async def test_crlf_in_subject(client: httpx.AsyncClient, tenant: Tenant, subject: str) -> None:
+    response = await post(client, tenant, {**VALID, "subject": subject})
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {"loc": ["body", "subject"], "msg": "must not contain CR, LF or NUL characters"}
+    ]
+
+
+async def test_crlf_in_header(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    response = await post(
+        client, tenant, {**VALID, "headers": {"X-Ref": "a\r\nBcc: victim@example.org"}}
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {"loc": ["body", "headers"], "msg": "must not contain CR, LF or NUL characters"}
+    ]
+
+
+async def test_crlf_in_display_name(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    response = await post(
+        client, tenant, {**VALID, "to": [{"email": "a@example.net", "name": "A\r\nBcc: x@y.z"}]}
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {"loc": ["body", "to", 0, "name"], "msg": "must not contain CR, LF or NUL characters"}
+    ]
+
+
+async def test_only_x_headers(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    response = await post(client, tenant, {**VALID, "headers": {"Bcc": "victim@example.org"}})
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {
+            "loc": ["body", "headers"],
+            "msg": "header 'Bcc' is not allowed: only X-* headers may be set",
+        }
+    ]
+
+
+async def test_sender_outside_tenant_domains(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    response = await post(client, tenant, {**VALID, "from": "ceo@bank.example"})
+    assert response.status_code == 422
+    assert response.json() == problem(
+        422,
+        "Unprocessable Content",
+        "sender domain of 'ceo@bank.example' is not one of this tenant's domains",
+        "validation",
+        errors=[
+            {
+                "loc": ["body", "from"],
+                "msg": "the domain of 'ceo@bank.example' is not one of the tenant's sender "
+                "domains (example.com)",
+            }
+        ],
+    )
+
+
+async def test_needs_text_or_html(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    response = await post(client, tenant, {"to": ["a@example.net"], "subject": "x"})
+    assert response.status_code == 422
+    assert response.json()["errors"] == [{"loc": ["body"], "msg": "give text, html or both"}]
+
+
+async def test_nothing_is_stored_or_sent_on_422(
+    client: httpx.AsyncClient, tenant: Tenant, redis_client: aioredis.Redis
+) -> None:
+    await post(client, tenant, {**VALID, "from": "ceo@bank.example"})
+    listed = await client.get("/v1/messages", headers=bearer(tenant))
+    assert listed.json() == {"data": [], "next_cursor": None}
+    assert await redis_client.llen("transactional") == 0
+
+
+# -- 413 ---------------------------------------------------------------------------------------
+
+
+async def test_body_over_one_mib(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    response = await post(client, tenant, {**VALID, "text": "x" * (1024 * 1024)})
+    assert response.status_code == 413
+    assert response.json() == problem(
+        413,
+        "Payload Too Large",
+        "the request body is larger than 1048576 bytes",
+        "payload-too-large",
+    )
+
+
+async def test_streamed_body_over_one_mib(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    """Without a Content-Length the limit is counted while the body streams in."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"to": ["a@example.net"], "subject": "x", "text": "'
+        for _ in range(20):
+            yield b"y" * 65536
+        yield b'"}'
+
+    response = await client.post(
+        "/v1/messages",
+        content=chunks(),
+        headers={**bearer(tenant), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.json()["detail"] == "the request body is larger than 1048576 bytes"
+
+
+# -- 401 / 403 / 404 ----------------------------------------------------------------------------
+
+
+async def test_missing_scope(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    response = await client.post(
+        "/v1/messages", json=VALID, headers=bearer(tenant, [scopes.MESSAGES_READ])
+    )
+    assert response.status_code == 403
+    assert response.json() == problem(
+        403, "Forbidden", "this token lacks the 'messages:send' scope", "forbidden"
+    )
+
+
+async def test_other_tenants_message_is_not_found(
+    client: httpx.AsyncClient, tenant: Tenant, make_tenant: TenantFactory
+) -> None:
+    other = await make_tenant()
+    created = (await post(client, other, VALID)).json()
+    response = await client.get(f"/v1/messages/{created['id']}", headers=bearer(tenant))
+    assert response.status_code == 404
+    assert response.json() == problem(
+        404, "Not Found", f"message {created['id']} does not exist", "not-found"
+    )
+
+
+async def test_unknown_route_is_problem_json(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+# -- list ----------------------------------------------------------------------------------------
+
+
+async def test_list_filters_and_pages(
+    client: httpx.AsyncClient, tenant: Tenant, make_tenant: TenantFactory
+) -> None:
+    ids = []
+    for i in range(5):
+        body = {
+            **VALID,
+            "to": [f"user{i % 2}@example.net"],
+            "tags": ["even" if i % 2 == 0 else "odd"],
+        }
+        ids.append((await post(client, tenant, body)).json()["id"])
+    other = await make_tenant()
+    await post(client, other, VALID)
+    headers = bearer(tenant)
+
+    first = (await client.get("/v1/messages?limit=2", headers=headers)).json()
+    assert [m["id"] for m in first["data"]] == ids[::-1][:2]
+    second = (
+        await client.get(f"/v1/messages?limit=2&cursor={first['next_cursor']}", headers=headers)
+    ).json()
+    assert [m["id"] for m in second["data"]] == ids[::-1][2:4]
+    third = (
+        await client.get(f"/v1/messages?limit=2&cursor={second['next_cursor']}", headers=headers)
+    ).json()
+    assert [m["id"] for m in third["data"]] == ids[:1]
+    assert third["next_cursor"] is None
+
+    by_tag = (await client.get("/v1/messages?tag=even", headers=headers)).json()
+    assert [m["id"] for m in by_tag["data"]] == [ids[4], ids[2], ids[0]]
+    by_to = (await client.get("/v1/messages?to=USER1@example.net", headers=headers)).json()
+    assert [m["id"] for m in by_to["data"]] == [ids[3], ids[1]]
+    by_status = (await client.get("/v1/messages?status=sent", headers=headers)).json()
+    assert by_status["data"] == []
+    queued = (await client.get("/v1/messages?status=queued", headers=headers)).json()
+    assert len(queued["data"]) == 5
+
+
+async def test_list_rejects_a_forged_cursor(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    response = await client.get("/v1/messages?cursor=%%%", headers=bearer(tenant))
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {"loc": ["query", "cursor"], "msg": "cursor is not one this API issued"}
+    ]
+
+
+async def test_list_rejects_unknown_status(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    response = await client.get("/v1/messages?status=nope", headers=bearer(tenant))
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert error["loc"] == ["query", "status"]

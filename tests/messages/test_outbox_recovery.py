@@ -1,0 +1,98 @@
+"""Nothing accepted is lost when the broker is not there: the sweeper and dispatcher recover it."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+
+from mailsvc.config import settings
+from mailsvc.devserver.embedded import EmbeddedRedis
+from mailsvc.models import Tenant
+from mailsvc.worker.app import celery_app, configure
+from tests.conftest import bearer, service_env
+from tests.support.processes import BEAT_READY, WORKER_READY, eventually, start_service
+from tests.support.servers import TestServers
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Redis this test may stop and start; the in-process API publishes to it meanwhile."""
+    broker = EmbeddedRedis(tmp_path / "broker", persist=False)
+    saved = settings.redis_url
+    settings.redis_url = broker.start()
+    celery_app.close()  # drop pooled connections to the previous broker
+    configure(celery_app, settings)
+    yield broker
+    broker.stop()
+    settings.redis_url = saved
+    celery_app.close()
+    configure(celery_app, settings)
+
+
+async def test_accepted_while_redis_is_down_is_delivered_once_it_is_back(
+    servers: TestServers,
+    live_client: httpx.AsyncClient,
+    live_tenant: Tenant,
+    smtp_sink: tuple[Controller, Path],
+    own_broker: EmbeddedRedis,
+    tmp_path: Path,
+) -> None:
+    controller, outbox = smtp_sink
+    env = service_env(
+        servers,
+        MAILSVC_REDIS_URL=own_broker.url,
+        MAILSVC_SMTP_PORT=str(controller.port),
+        MAILSVC_SWEEP_AFTER_SECONDS="2",
+        MAILSVC_SWEEP_INTERVAL_SECONDS="1",
+        MAILSVC_DISPATCH_INTERVAL_SECONDS="1",
+    )
+    logs = tmp_path / "logs"
+    worker = start_service(
+        "worker", ["worker", "--role", "all"], env=env, log_dir=logs, ready_marker=WORKER_READY
+    )
+    beat = start_service(
+        "beat",
+        ["beat", "--schedule", str(tmp_path / "beat-schedule")],
+        env=env,
+        log_dir=logs,
+        ready_marker=BEAT_READY,
+    )
+    try:
+        own_broker.stop()
+        headers = bearer(live_tenant)
+        response = await live_client.post(
+            "/v1/messages",
+            json={"to": ["ada@example.net"], "subject": "While Redis was down", "text": "Hi"},
+            headers=headers,
+        )
+        assert response.status_code == 202
+        accepted = response.json()
+
+        own_broker.start()  # the same port, and no data: whatever was in Redis is gone
+
+        async def delivered() -> dict[str, object] | None:
+            body: dict[str, object] = (
+                await live_client.get(f"/v1/messages/{accepted['id']}", headers=headers)
+            ).json()
+            return body if body["status"] == "sent" else None
+
+        message = await eventually(delivered, timeout=45, what="the message to be sent")
+        files = list(outbox.glob("*.eml"))
+        assert len(files) == 1
+        received = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
+        assert received["Message-ID"] == accepted["message_id_header"]
+        assert message["attempt_count"] == 1
+        assert isinstance(message["attempts"], list)
+        assert len(message["attempts"]) == 1
+    finally:
+        worker.stop()
+        beat.stop()
+        print(worker.log()[-5000:], beat.log()[-3000:])

@@ -1,0 +1,181 @@
+"""The worker's delivery service, awaited directly: claims, outcomes, fencing, build failures."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import uuid
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailsvc.db import Database
+from mailsvc.delivery.errors import PermanentDeliveryError
+from mailsvc.delivery.message import OutgoingEmail
+from mailsvc.delivery.smtp import SmtpConfig, SmtpTransport
+from mailsvc.delivery.transport import Accepted
+from mailsvc.messages import sending
+from mailsvc.messages.repository import DeliveryRepository, Outcome
+from mailsvc.models import Attempt, Message, MessageEvent, Tenant
+from tests.factories import queue_messages
+
+
+def smtp(controller: Controller) -> SmtpTransport:
+    return SmtpTransport(SmtpConfig(host="127.0.0.1", port=controller.port, pool_size=2))
+
+
+async def test_delivers_a_batch_and_records_it_in_sets(
+    database: Database,
+    session: AsyncSession,
+    tenant: Tenant,
+    smtp_sink: tuple[Controller, Path],
+) -> None:
+    controller, outbox = smtp_sink
+    ids = await queue_messages(session, tenant, 5)
+    transport = smtp(controller)
+
+    report = await sending.deliver(database, transport, ids, lease_seconds=60)
+    await transport.close()
+
+    assert (report.claimed, report.sent, report.failed, report.stale) == (5, 5, 0, 0)
+    files = sorted(outbox.glob("*.eml"))
+    assert len(files) == 5
+    headers = {
+        email.message_from_bytes(f.read_bytes(), policy=email.policy.default)["Message-ID"]
+        for f in files
+    }
+    rows = (await session.execute(select(Message).where(Message.id.in_(ids)))).scalars().all()
+    assert {r.message_id_header for r in rows} == headers
+    assert {r.status for r in rows} == {"sent"}
+    assert {r.attempt_count for r in rows} == {1}
+    assert all(r.lease_until is None and r.sent_at is not None for r in rows)
+    attempts = (await session.execute(select(Attempt).where(Attempt.message_id.in_(ids)))).scalars()
+    assert sorted((a.number, a.provider, a.outcome) for a in attempts) == [(1, "smtp", "sent")] * 5
+    events = (
+        await session.execute(select(MessageEvent.type).where(MessageEvent.message_id.in_(ids)))
+    ).scalars()
+    assert sorted(events) == ["accepted"] * 5 + ["sent"] * 5
+
+
+async def test_a_duplicate_task_claims_nothing(
+    database: Database,
+    session: AsyncSession,
+    tenant: Tenant,
+    smtp_sink: tuple[Controller, Path],
+) -> None:
+    controller, outbox = smtp_sink
+    ids = await queue_messages(session, tenant, 2)
+    transport = smtp(controller)
+    first = await sending.deliver(database, transport, ids, lease_seconds=60)
+    again = await sending.deliver(database, transport, ids, lease_seconds=60)
+    await transport.close()
+    assert first.claimed == 2
+    assert again.claimed == 0
+    assert len(list(outbox.glob("*.eml"))) == 2
+
+
+async def test_a_live_claim_is_not_taken_but_an_expired_one_is(
+    database: Database, session: AsyncSession, tenant: Tenant
+) -> None:
+    [message_id] = await queue_messages(session, tenant, 1)
+    async with database.transaction() as tx:
+        [claimed] = await DeliveryRepository(tx).claim([message_id], lease_seconds=60)
+    assert claimed.attempt == 1
+    async with database.transaction() as tx:
+        assert await DeliveryRepository(tx).claim([message_id], lease_seconds=60) == []
+    await session.execute(
+        update(Message)
+        .where(Message.id == message_id)
+        .values(lease_until=text("now() - interval '1 second'"))
+    )
+    await session.commit()
+    async with database.transaction() as tx:
+        [again] = await DeliveryRepository(tx).claim([message_id], lease_seconds=60)
+    assert again.attempt == 2
+
+
+async def test_a_stale_claim_cannot_record_its_outcome(
+    database: Database, session: AsyncSession, tenant: Tenant
+) -> None:
+    """A worker whose lease expired and was re-claimed is fenced out by the attempt number."""
+    [message_id] = await queue_messages(session, tenant, 1)
+    async with database.transaction() as tx:
+        await DeliveryRepository(tx).claim([message_id], lease_seconds=60)
+    await session.execute(update(Message).where(Message.id == message_id).values(attempt_count=2))
+    await session.commit()
+    async with database.transaction() as tx:
+        current = await DeliveryRepository(tx).record(
+            [Outcome(message_id=message_id, attempt=1, status="sent", provider="smtp")], []
+        )
+    assert current == set()
+    row = await session.get(Message, message_id, populate_existing=True)
+    assert row is not None
+    assert row.status == "sending"
+
+
+class ExplodingTransport:
+    name = "smtp"
+
+    def __init__(self) -> None:
+        self.sent: list[OutgoingEmail] = []
+
+    async def send(self, message: OutgoingEmail) -> Accepted:
+        raise PermanentDeliveryError("smtp_550", "5.1.1 mailbox unavailable")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_permanent_refusal_fails_the_message_with_its_reason(
+    database: Database, session: AsyncSession, tenant: Tenant
+) -> None:
+    [message_id] = await queue_messages(session, tenant, 1)
+    report = await sending.deliver(database, ExplodingTransport(), [message_id], lease_seconds=60)
+    assert report.failed == 1
+    row = await session.get(Message, message_id, populate_existing=True)
+    assert row is not None
+    assert (row.status, row.error_code, row.error) == (
+        "failed",
+        "smtp_550",
+        "5.1.1 mailbox unavailable",
+    )
+
+
+async def test_a_message_that_cannot_be_built_fails_instead_of_crashing_the_task(
+    database: Database, session: AsyncSession, tenant: Tenant, smtp_sink: tuple[Controller, Path]
+) -> None:
+    controller, outbox = smtp_sink
+    ids = await queue_messages(session, tenant, 2)
+    # A row written by an older version, with an address today's API refuses.
+    await session.execute(
+        update(Message).where(Message.id == ids[0]).values(to=[{"email": "zoë@example.net"}])
+    )
+    await session.commit()
+    transport = smtp(controller)
+    report = await sending.deliver(database, transport, ids, lease_seconds=60)
+    await transport.close()
+    assert (report.sent, report.failed) == (1, 1)
+    broken = await session.get(Message, ids[0], populate_existing=True)
+    assert broken is not None
+    assert broken.status == "failed"
+    assert broken.error_code == "build_failed"
+    assert len(list(outbox.glob("*.eml"))) == 1
+
+
+async def test_concurrent_claims_split_the_rows(
+    live_database: Database, live_tenant: Tenant
+) -> None:
+    """Two workers claiming the same ids at once: every row goes to exactly one of them."""
+    async with live_database.transaction() as tx:
+        ids = await queue_messages(tx, live_tenant, 50)
+
+    async def claim() -> set[uuid.UUID]:
+        async with live_database.transaction() as tx:
+            return {m.id for m in await DeliveryRepository(tx).claim(ids, lease_seconds=60)}
+
+    first, second = await asyncio.gather(claim(), claim())
+    assert first.isdisjoint(second)
+    assert first | second == set(ids)
