@@ -163,8 +163,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.metrics_port:
         # Before prometheus_client is imported: pool processes write samples to this folder.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mailsvc-metrics-")
-    from mailsvc.worker.main import celery_app
     from mailsvc.worker.queues import ROLES
+    from mailsvc.worker_app import celery_app
 
     _require("DATABASE_URL", settings.database_url)
     _require("REDIS_URL", settings.broker_url or settings.redis_url)
@@ -200,7 +200,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
-    from mailsvc.worker.main import celery_app
+    from mailsvc.worker_app import celery_app
 
     _require("DATABASE_URL", settings.database_url)
     _require("REDIS_URL", settings.broker_url or settings.redis_url)

@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
     smtp_timeout_seconds: float = 15.0
-    smtp_pool_size: int = 4
+    # Connections kept open per worker process. aiosmtplib does not pipeline, so a batch is
+    # sent over many connections at once; lower it for a relay that limits connections.
+    smtp_pool_size: int = 16
 
     # -- the outbox: claims, sweeper, dispatcher ---------------------------------------------------
     claim_lease_seconds: int = 120

@@ -1,4 +1,4 @@
-"""The Celery application. It imports no tasks module: worker/main.py does, for the worker only."""
+"""The Celery application. It imports no tasks module: worker_app.py does, for the worker only."""
 
 from __future__ import annotations
 

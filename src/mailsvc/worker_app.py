@@ -1,4 +1,4 @@
-"""The worker's entry point: the only module that imports every tasks module."""
+"""The worker's composition root, as app.py is the API's: it imports every tasks module."""
 
 from __future__ import annotations
 
