@@ -34,12 +34,6 @@ class MailsvcError(Exception):
         self.headers = headers or {}
 
 
-class BadRequest(MailsvcError):
-    status_code = 400
-    title = "Bad Request"
-    type_slug = "bad-request"
-
-
 class Unauthorized(MailsvcError):
     status_code = 401
     title = "Unauthorized"
@@ -67,22 +61,10 @@ class Conflict(MailsvcError):
     type_slug = "conflict"
 
 
-class PayloadTooLarge(MailsvcError):
-    status_code = 413
-    title = "Payload Too Large"
-    type_slug = "payload-too-large"
-
-
 class ValidationFailed(MailsvcError):
     status_code = 422
     title = "Unprocessable Content"
     type_slug = "validation"
-
-
-class ServiceUnavailable(MailsvcError):
-    status_code = 503
-    title = "Service Unavailable"
-    type_slug = "unavailable"
 
 
 def problem_type(slug: str) -> str:

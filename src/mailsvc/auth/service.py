@@ -101,6 +101,3 @@ class TenantCache:
         )
         self._entries[tenant_id] = (now + self.ttl, info)
         return info
-
-    def clear(self) -> None:
-        self._entries.clear()

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, Integer, Text, bindparam, insert, select, text
-from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
+from sqlalchemy import ARRAY, Integer, Text, bindparam, select, text
+from sqlalchemy.dialects.postgresql import TIMESTAMP, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from mailsvc.models import Attempt, Message, MessageEvent
@@ -153,17 +153,6 @@ _RECORD_DELIVERIES = text(
     bindparam("attempt_errors", type_=_TEXTS),
 )
 
-_INSERT_EVENTS = text(
-    """
-    INSERT INTO message_events (message_id, type, detail)
-    SELECT * FROM unnest(:ids, :types, :details)
-    """
-).bindparams(
-    bindparam("ids", type_=_UUIDS),
-    bindparam("types", type_=_TEXTS),
-    bindparam("details", type_=ARRAY(JSONB)),
-)
-
 _DISPATCH_DUE = text(
     """
     WITH due AS (
@@ -218,9 +207,6 @@ class MessageRepository:
 
     # -- the api ----------------------------------------------------------------------------
 
-    async def insert(self, rows: Sequence[dict[str, Any]]) -> None:
-        await self.session.execute(insert(Message), list(rows))
-
     async def get(self, tenant_id: uuid.UUID, message_id: uuid.UUID) -> Message | None:
         result = await self.session.execute(
             select(Message).where(Message.tenant_id == tenant_id, Message.id == message_id)
@@ -262,18 +248,6 @@ class MessageRepository:
             .order_by(MessageEvent.message_id, MessageEvent.id)
         )
         return list(result.scalars())
-
-    async def add_events(self, events: Sequence[tuple[uuid.UUID, str, dict[str, Any]]]) -> None:
-        if not events:
-            return
-        await self.session.execute(
-            _INSERT_EVENTS,
-            {
-                "ids": [e[0] for e in events],
-                "types": [e[1] for e in events],
-                "details": [e[2] for e in events],
-            },
-        )
 
     # -- beat: the dispatcher and the sweeper -----------------------------------------------------
 
