@@ -27,10 +27,11 @@ from mailsvc.app import create_app
 from mailsvc.auth.scopes import ALL_SCOPES
 from mailsvc.auth.service import create_tenant
 from mailsvc.auth.tokens import issue_token
-from mailsvc.config import async_database_url, settings
+from mailsvc.config import Settings, async_database_url, settings
 from mailsvc.db import Database, upgrade_database
 from mailsvc.devserver.capture_smtp import start_capture_server
 from mailsvc.devserver.embedded import free_port
+from mailsvc.devserver.fakes import FakeProviders
 from mailsvc.models import Tenant
 from mailsvc.worker.app import celery_app, configure
 from tests.support.servers import TestServers, test_servers
@@ -131,6 +132,48 @@ async def tenant(make_tenant: TenantFactory) -> Tenant:
     return await make_tenant()
 
 
+# -- fake providers ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fakes() -> Iterator[FakeProviders]:
+    """SendGrid, Mailgun, SES and SMTP fakes on local ports, cleared before each test."""
+    with FakeProviders() as providers:
+        yield providers
+
+
+@pytest.fixture
+def fake_providers(fakes: FakeProviders) -> FakeProviders:
+    for provider in fakes.providers.values():
+        provider.clear()
+    return fakes
+
+
+def provider_env(fakes: FakeProviders, order: str = "sendgrid,mailgun,ses,smtp") -> dict[str, str]:
+    """MAILSVC_* settings that point every provider at the fakes."""
+    creds = fakes.credentials
+    return {
+        "MAILSVC_PROVIDER_ORDER": order,
+        "MAILSVC_SENDGRID_API_KEY": creds.sendgrid_key,
+        "MAILSVC_SENDGRID_BASE_URL": fakes.http_url,
+        "MAILSVC_MAILGUN_API_KEY": creds.mailgun_key,
+        "MAILSVC_MAILGUN_DOMAIN": creds.mailgun_domain,
+        "MAILSVC_MAILGUN_BASE_URL": fakes.http_url,
+        "MAILSVC_SES_ACCESS_KEY_ID": creds.ses_access_key_id,
+        "MAILSVC_SES_SECRET_ACCESS_KEY": creds.ses_secret_access_key,
+        "MAILSVC_SES_REGION": creds.ses_region,
+        "MAILSVC_SES_BASE_URL": fakes.http_url,
+        "MAILSVC_SMTP_HOST": "127.0.0.1",
+        "MAILSVC_SMTP_PORT": str(fakes.smtp_port),
+    }
+
+
+def provider_settings(fakes: FakeProviders, **overrides: Any) -> Settings:
+    env = {k.removeprefix("MAILSVC_").lower(): v for k, v in provider_env(fakes).items()}
+    env["provider_order"] = env["provider_order"].split(",")
+    return Settings(**{**env, **overrides})
+
+
 # -- end to end ---------------------------------------------------------------------------------
 
 
@@ -152,6 +195,7 @@ def service_env(servers: TestServers, **overrides: str) -> dict[str, str]:
         "MAILSVC_JWT_SECRET": settings.jwt_secret.get_secret_value(),
         "MAILSVC_ENV": "test",
         "MAILSVC_LOG_LEVEL": "INFO",
+        "MAILSVC_SMTP_HOST": "127.0.0.1",
     }
     env.update(overrides)
     return env

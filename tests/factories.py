@@ -22,7 +22,9 @@ def tenant_info(tenant: Tenant) -> TenantInfo:
     )
 
 
-async def queue_messages(session: AsyncSession, tenant: Tenant, count: int) -> list[uuid.UUID]:
+async def queue_messages(
+    session: AsyncSession, tenant: Tenant, count: int, *, batch_size: int = 1
+) -> list[uuid.UUID]:
     rows = [
         service.build_message(
             tenant_info(tenant),
@@ -33,6 +35,6 @@ async def queue_messages(session: AsyncSession, tenant: Tenant, count: int) -> l
         )
         for i in range(count)
     ]
-    await service.accept_messages(session, rows)
+    await service.accept_messages(session, rows, batch_size=batch_size)
     await session.commit()
     return [row.id for row in rows]

@@ -42,8 +42,23 @@ class Settings(BaseSettings):
     max_recipients: int = 50
     page_size_max: int = 100
 
-    # -- delivery -------------------------------------------------------------------------
-    smtp_host: str = "127.0.0.1"
+    # -- delivery: providers, tried in this order among those configured -----------------------
+    provider_order: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["sendgrid", "mailgun", "ses", "smtp"]
+    )
+    sendgrid_api_key: SecretStr | None = None
+    sendgrid_base_url: str = "https://api.sendgrid.com"
+    sendgrid_timeout_seconds: float = 10.0
+    mailgun_api_key: SecretStr | None = None
+    mailgun_domain: str | None = None
+    mailgun_base_url: str = "https://api.mailgun.net"
+    mailgun_timeout_seconds: float = 10.0
+    ses_access_key_id: str | None = None
+    ses_secret_access_key: SecretStr | None = None
+    ses_region: str = "us-east-1"
+    ses_base_url: str | None = None  # default https://email.<region>.amazonaws.com
+    ses_timeout_seconds: float = 10.0
+    smtp_host: str | None = None
     smtp_port: int = 2525
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
@@ -52,6 +67,18 @@ class Settings(BaseSettings):
     # Connections kept open per worker process. aiosmtplib does not pipeline, so a batch is
     # sent over many connections at once; lower it for a relay that limits connections.
     smtp_pool_size: int = 16
+
+    # -- failure handling ------------------------------------------------------------------
+    # A provider's circuit opens after this many failures in a row, for cooldown seconds; then
+    # one probe at a time is let through, and a success closes it. Shared by every worker.
+    breaker_failure_threshold: int = 5
+    breaker_cooldown_seconds: float = 30.0
+    breaker_cache_seconds: float = 1.0
+    # Exponential backoff with full jitter: attempt n waits up to min(cap, base * 2^(n-1)).
+    retry_base_seconds: float = 30.0
+    retry_cap_seconds: float = 3600.0
+    retry_max_attempts: int = 8
+    idempotency_ttl_hours: int = 24
 
     # -- the outbox: claims, sweeper, dispatcher ---------------------------------------------------
     claim_lease_seconds: int = 120
@@ -72,7 +99,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON in prod, text in dev and test
 
-    @field_validator("jwt_algorithms", mode="before")
+    @field_validator("jwt_algorithms", "provider_order", mode="before")
     @classmethod
     def _split_algorithms(cls, value: object) -> object:
         if isinstance(value, str):

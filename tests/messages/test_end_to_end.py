@@ -62,7 +62,8 @@ async def test_one_email_end_to_end(
     assert accepted["status"] == "queued"
 
     async def eml_files() -> list[Path]:
-        return sorted(outbox.glob("*.eml"))
+        # The sink is this test's, but be exact: the file named by this message's Message-ID.
+        return sorted(f for f in outbox.glob("*.eml") if accepted["id"].replace("-", "") in f.name)
 
     files = await eventually(eml_files, what="the .eml at the SMTP sink", timeout=30)
     assert len(files) == 1

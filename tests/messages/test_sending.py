@@ -13,8 +13,10 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.db import Database
+from mailsvc.delivery.chain import ProviderChain
 from mailsvc.delivery.errors import PermanentDeliveryError
 from mailsvc.delivery.message import OutgoingEmail
+from mailsvc.delivery.retry import RetryPolicy
 from mailsvc.delivery.smtp import SmtpConfig, SmtpTransport
 from mailsvc.delivery.transport import Accepted
 from mailsvc.messages import sending
@@ -23,8 +25,11 @@ from mailsvc.models import Attempt, Message, MessageEvent, Tenant
 from tests.factories import queue_messages
 
 
-def smtp(controller: Controller) -> SmtpTransport:
-    return SmtpTransport(SmtpConfig(host="127.0.0.1", port=controller.port, pool_size=2))
+def smtp(controller: Controller) -> ProviderChain:
+    return ProviderChain([SmtpTransport(SmtpConfig(host="127.0.0.1", port=controller.port))])
+
+
+POLICY = RetryPolicy()
 
 
 async def test_delivers_a_batch_and_records_it_in_sets(
@@ -37,7 +42,7 @@ async def test_delivers_a_batch_and_records_it_in_sets(
     ids = await queue_messages(session, tenant, 5)
     transport = smtp(controller)
 
-    report = await sending.deliver(database, transport, ids, lease_seconds=60)
+    report = await sending.deliver(database, transport, POLICY, ids, lease_seconds=60)
     await transport.close()
 
     assert (report.claimed, report.sent, report.failed, report.stale) == (5, 5, 0, 0)
@@ -69,8 +74,8 @@ async def test_a_duplicate_task_claims_nothing(
     controller, outbox = smtp_sink
     ids = await queue_messages(session, tenant, 2)
     transport = smtp(controller)
-    first = await sending.deliver(database, transport, ids, lease_seconds=60)
-    again = await sending.deliver(database, transport, ids, lease_seconds=60)
+    first = await sending.deliver(database, transport, POLICY, ids, lease_seconds=60)
+    again = await sending.deliver(database, transport, POLICY, ids, lease_seconds=60)
     await transport.close()
     assert first.claimed == 2
     assert again.claimed == 0
@@ -133,7 +138,9 @@ async def test_a_permanent_refusal_fails_the_message_with_its_reason(
     database: Database, session: AsyncSession, tenant: Tenant
 ) -> None:
     [message_id] = await queue_messages(session, tenant, 1)
-    report = await sending.deliver(database, ExplodingTransport(), [message_id], lease_seconds=60)
+    report = await sending.deliver(
+        database, ProviderChain([ExplodingTransport()]), POLICY, [message_id], lease_seconds=60
+    )
     assert report.failed == 1
     row = await session.get(Message, message_id, populate_existing=True)
     assert row is not None
@@ -155,7 +162,7 @@ async def test_a_message_that_cannot_be_built_fails_instead_of_crashing_the_task
     )
     await session.commit()
     transport = smtp(controller)
-    report = await sending.deliver(database, transport, ids, lease_seconds=60)
+    report = await sending.deliver(database, transport, POLICY, ids, lease_seconds=60)
     await transport.close()
     assert (report.sent, report.failed) == (1, 1)
     broken = await session.get(Message, ids[0], populate_existing=True)

@@ -86,7 +86,9 @@ async def test_sweeper_releases_expired_leases(session: AsyncSession, tenant: Te
     await age(session, [dead], status="'sending'", lease_until="now() - interval '1 s'")
     await age(session, [alive], status="'sending'", lease_until="now() + interval '60 s'")
 
-    report = await upkeep.sweep(session, depths={}, older_than_seconds=60, limit=100)
+    report = await upkeep.sweep(
+        session, depths={}, older_than_seconds=60, limit=100, max_attempts=8
+    )
 
     assert report.expired_leases == 1
     found = await rows(session, [dead, alive])
@@ -98,13 +100,34 @@ async def test_sweeper_releases_expired_leases(session: AsyncSession, tenant: Te
     assert found[alive].status == "sending"
 
 
+async def test_sweeper_gives_up_on_a_message_whose_leases_keep_expiring(
+    session: AsyncSession, tenant: Tenant
+) -> None:
+    """A message that kills every worker that touches it must not loop forever."""
+    [poison] = await queue_messages(session, tenant, 1)
+    await age(
+        session,
+        [poison],
+        status="'sending'",
+        attempt_count="8",
+        lease_until="now() - interval '1 s'",
+    )
+    report = await upkeep.sweep(session, depths={}, older_than_seconds=60, limit=10, max_attempts=8)
+    assert (report.expired_leases, report.failed) == (1, 1)
+    row = (await rows(session, [poison]))[poison]
+    assert (row.status, row.error_code) == ("failed", "lease_expired")
+    assert row.error == "no worker recorded an outcome in 8 attempts; each lease expired"
+
+
 async def test_sweeper_parks_enqueued_rows_the_broker_lost(
     session: AsyncSession, tenant: Tenant
 ) -> None:
     old, fresh = await queue_messages(session, tenant, 2)
     await age(session, [old], enqueued_at="now() - interval '120 s'")
 
-    report = await upkeep.sweep(session, depths={queues.BULK: 0}, older_than_seconds=60, limit=10)
+    report = await upkeep.sweep(
+        session, depths={queues.BULK: 0}, older_than_seconds=60, limit=10, max_attempts=8
+    )
 
     assert report.lost == 1
     found = await rows(session, [old, fresh])
@@ -120,7 +143,7 @@ async def test_sweeper_trusts_a_queue_that_still_holds_messages(
     await age(session, [old], enqueued_at="now() - interval '120 s'")
 
     report = await upkeep.sweep(
-        session, depths={queues.BULK: 5000}, older_than_seconds=60, limit=10
+        session, depths={queues.BULK: 5000}, older_than_seconds=60, limit=10, max_attempts=8
     )
 
     assert report.lost == 0

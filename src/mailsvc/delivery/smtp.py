@@ -75,7 +75,9 @@ class SmtpTransport:
             for fresh in (False, True):
                 try:
                     client = await self._checkout(fresh=fresh)
-                    _refused, reply = await client.sendmail(email.sender.email, recipients, raw)
+                    refused_by_address, reply = await client.sendmail(
+                        email.sender.email, recipients, raw
+                    )
                 except aiosmtplib.SMTPServerDisconnected as exc:
                     if fresh:
                         raise TransientDeliveryError("smtp_disconnected", str(exc)) from exc
@@ -92,7 +94,13 @@ class SmtpTransport:
                         "smtp_connection", str(exc) or type(exc).__name__
                     ) from exc
                 self._checkin(client)
-                return Accepted(provider_message_id=None, detail=reply)
+                # Some recipients may have been refused while others were accepted: the message
+                # went out, and the refusals are kept with the attempt.
+                refused = "; ".join(
+                    f"{address}: {response.code} {response.message}"
+                    for address, response in refused_by_address.items()
+                )
+                return Accepted(provider_message_id=None, detail=reply, refused=refused or None)
         raise AssertionError("unreachable")
 
     async def _reset(self, client: aiosmtplib.SMTP) -> None:

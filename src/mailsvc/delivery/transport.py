@@ -14,6 +14,8 @@ class Accepted:
 
     provider_message_id: str | None
     detail: str = ""
+    # Recipients the provider refused while it took the message for the others.
+    refused: str | None = None
 
 
 class Transport(Protocol):

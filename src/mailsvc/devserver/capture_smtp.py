@@ -15,6 +15,13 @@ _MESSAGE_ID = re.compile(rb"^message-id:\s*<([^>\r\n]+)>", re.IGNORECASE | re.MU
 _UNSAFE = re.compile(r"[^A-Za-z0-9@._-]")
 
 
+def write_atomically(path: Path, content: bytes) -> None:
+    """Writes under a hidden temporary name first: readers never see a half-written file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(content)
+    os.replace(temporary, path)
+
+
 class CaptureHandler:
     def __init__(self, outbox: Path) -> None:
         self.outbox = outbox
@@ -26,9 +33,7 @@ class CaptureHandler:
         match = _MESSAGE_ID.search(content.split(b"\r\n\r\n", 1)[0])
         label = _UNSAFE.sub("_", match.group(1).decode("ascii", "replace")) if match else "no-id"
         name = f"{time.time_ns()}-{next(self._sequence):06d}-{label}.eml"
-        temporary = self.outbox / f".{name}.tmp"
-        temporary.write_bytes(content)
-        os.replace(temporary, self.outbox / name)  # readers never see a half-written file
+        write_atomically(self.outbox / name, content)
         return f"250 2.0.0 Ok: queued as {label}"
 
 

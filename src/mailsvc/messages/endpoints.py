@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Header, Query, Response, status
 
 from mailsvc.auth.dependencies import ReadScope, SendScope
 from mailsvc.db import DbSession
@@ -20,17 +20,42 @@ router = APIRouter(prefix="/v1/messages", tags=["messages"])
 StatusFilter = Annotated[MessageStatus | None, Query(description="Only messages in this status.")]
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Repeat a request safely for 24 hours: the same key and body return the "
+        "original message with 200; the same key with another body gets 409.",
+    ),
+]
+
+
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     operation_id="sendMessage",
     response_model_by_alias=True,
+    responses={
+        200: {"description": "A replay: the message an earlier request with this key made"},
+        **problem_responses(409),
+    },
 )
 async def send_message(
-    body: schemas.MessageCreate, session: DbSession, principal: SendScope
+    body: schemas.MessageCreate,
+    session: DbSession,
+    principal: SendScope,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> schemas.Message:
     """Accept one email for delivery."""
-    return await service.send_message(session, principal.tenant, body)
+    accepted = await service.send_message(
+        session, principal.tenant, body, idempotency_key=idempotency_key
+    )
+    if not accepted.created:
+        response.status_code = status.HTTP_200_OK
+    return accepted.message
 
 
 @router.get("/{message_id}", operation_id="getMessage", responses=problem_responses(404))

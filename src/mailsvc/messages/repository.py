@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ARRAY, Integer, Text, bindparam, select, text
+from sqlalchemy import ARRAY, Integer, Text, bindparam, func, inspect, select, text, update
 from sqlalchemy.dialects.postgresql import TIMESTAMP, UUID
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from mailsvc.models import Attempt, Message, MessageEvent
@@ -120,7 +121,7 @@ _RECORD_DELIVERIES = text(
                updated_at = now()
           FROM outcome AS v
          WHERE m.id = v.id AND m.status = 'sending' AND m.attempt_count = v.attempt
-        RETURNING m.id, v.status, v.provider, v.error_code
+        RETURNING m.id, v.status, v.provider, v.error_code, v.not_before
     ), tried AS (
         INSERT INTO attempts (message_id, number, provider, started_at, finished_at, outcome,
                               error_code, error)
@@ -129,7 +130,8 @@ _RECORD_DELIVERIES = text(
     ), logged AS (
         INSERT INTO message_events (message_id, type, detail)
         SELECT id, status,
-               jsonb_strip_nulls(jsonb_build_object('provider', provider, 'error_code', error_code))
+               jsonb_strip_nulls(jsonb_build_object('provider', provider, 'error_code', error_code,
+                                                    'retry_at', not_before))
           FROM updated
     )
     SELECT id FROM updated
@@ -174,15 +176,37 @@ _DISPATCH_DUE = text(
     """
 )
 
+# A claim whose lease ran out belonged to a worker that died (or hung past its time limit).
+# The row is tried again, unless that already happened max_attempts times: a message that
+# kills every worker that touches it must stop somewhere.
 _RELEASE_EXPIRED_LEASES = text(
     """
-    UPDATE messages
-       SET status = 'retrying', lease_until = NULL, enqueued_at = NULL, not_before = now(),
-           updated_at = now()
-     WHERE id IN (SELECT id FROM messages
-                   WHERE status = 'sending' AND lease_until < now()
-                   LIMIT :limit FOR UPDATE SKIP LOCKED)
-    RETURNING id
+    WITH expired AS (
+        SELECT id FROM messages
+         WHERE status = 'sending' AND lease_until < now()
+         LIMIT :limit
+           FOR UPDATE SKIP LOCKED
+    ), released AS (
+        UPDATE messages AS m
+           SET status = CASE WHEN m.attempt_count >= :max_attempts THEN 'failed'
+                             ELSE 'retrying' END,
+               error_code = CASE WHEN m.attempt_count >= :max_attempts THEN 'lease_expired'
+                                 ELSE m.error_code END,
+               error = CASE WHEN m.attempt_count >= :max_attempts
+                            THEN 'no worker recorded an outcome in ' || m.attempt_count
+                                 || ' attempts; each lease expired'
+                            ELSE m.error END,
+               lease_until = NULL, enqueued_at = NULL, not_before = now(), updated_at = now()
+          FROM expired
+         WHERE m.id = expired.id
+        RETURNING m.id, m.status
+    ), logged AS (
+        INSERT INTO message_events (message_id, type, detail)
+        SELECT id, CASE WHEN status = 'failed' THEN 'failed' ELSE 'lease_expired' END,
+               '{"error_code": "lease_expired"}'::jsonb
+          FROM released
+    )
+    SELECT id, status FROM released
     """
 )
 
@@ -206,6 +230,54 @@ class MessageRepository:
         self.session = session
 
     # -- the api ----------------------------------------------------------------------------
+
+    async def insert_if_key_free(self, message: Message) -> bool:
+        """INSERT … ON CONFLICT (tenant, idempotency key) DO NOTHING; True when inserted."""
+        values = {
+            attribute.key: getattr(message, attribute.key)
+            for attribute in inspect(Message).column_attrs
+            if getattr(message, attribute.key) is not None
+        }
+        statement = (
+            pg_insert(Message)
+            .values(values)
+            .on_conflict_do_nothing(
+                index_elements=[Message.tenant_id, Message.idempotency_key],
+                index_where=Message.idempotency_key.is_not(None),
+            )
+            .returning(Message.id)
+        )
+        return (await self.session.execute(statement)).first() is not None
+
+    async def by_idempotency_key(self, tenant_id: uuid.UUID, key: str) -> Message | None:
+        result = await self.session.execute(
+            select(Message)
+            .where(Message.tenant_id == tenant_id, Message.idempotency_key == key)
+            .execution_options(populate_existing=True)
+        )
+        return result.scalar_one_or_none()
+
+    async def release_idempotency_key(self, message_id: uuid.UUID) -> None:
+        await self.session.execute(
+            update(Message).where(Message.id == message_id).values(idempotency_key=None)
+        )
+
+    async def expire_idempotency_keys(self, *, older_than: timedelta, limit: int) -> int:
+        """Clear keys past their TTL, a batch at a time (served by a partial index)."""
+        expired = (
+            select(Message.id)
+            .where(
+                Message.idempotency_key.is_not(None),
+                Message.created_at < func.now() - older_than,
+            )
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        result = await self.session.execute(
+            update(Message).where(Message.id.in_(expired)).values(idempotency_key=None)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def get(self, tenant_id: uuid.UUID, message_id: uuid.UUID) -> Message | None:
         result = await self.session.execute(
@@ -255,9 +327,11 @@ class MessageRepository:
         result = await self.session.execute(_DISPATCH_DUE, {"limit": limit})
         return [Parked(id=row.id, lane=row.lane, status=row.status) for row in result]
 
-    async def release_expired_leases(self, *, limit: int) -> list[uuid.UUID]:
-        result = await self.session.execute(_RELEASE_EXPIRED_LEASES, {"limit": limit})
-        return [row.id for row in result]
+    async def release_expired_leases(self, *, limit: int, max_attempts: int) -> list[Parked]:
+        result = await self.session.execute(
+            _RELEASE_EXPIRED_LEASES, {"limit": limit, "max_attempts": max_attempts}
+        )
+        return [Parked(id=row.id, lane="", status=row.status) for row in result]
 
     async def unpark_lost(
         self,

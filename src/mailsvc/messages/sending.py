@@ -1,24 +1,28 @@
 """Delivering claimed messages: claim, build, send concurrently, record, in a few statements.
 
 No transaction is held open while a provider is called: the claim commits first (its lease
-keeps other workers off the rows), and the outcomes are written afterwards in one transaction.
+keeps other workers off the rows), and the outcomes are written afterwards in one statement.
+Each message goes through the provider chain; what the chain answers, with the retry policy,
+decides whether it is sent, tried again later (not_before), or failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import timedelta
 from typing import Any
 
 from mailsvc.db import Database
+from mailsvc.delivery.chain import ChainResult, ProviderChain, Try
 from mailsvc.delivery.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from mailsvc.delivery.message import Address, OutgoingEmail
 from mailsvc.delivery.mime import ensure_raw
-from mailsvc.delivery.transport import Transport
+from mailsvc.delivery.retry import RetryPolicy
 from mailsvc.kit.time import utcnow
 from mailsvc.messages.repository import AttemptRecord, ClaimedMessage, DeliveryRepository, Outcome
 from mailsvc.metrics import MESSAGES_FAILED, MESSAGES_SENT
@@ -58,91 +62,122 @@ def outgoing_email(message: ClaimedMessage) -> OutgoingEmail:
     )
 
 
-def _attempt_record(
-    message: ClaimedMessage,
-    provider: str,
-    started: datetime,
-    error: DeliveryError | None,
-) -> AttemptRecord:
+def _kind(error: DeliveryError | None) -> str:
     if error is None:
-        outcome = "sent"
-    elif isinstance(error, TransientDeliveryError):
-        outcome = "transient_error"
-    else:
-        outcome = "permanent_error"
+        return "sent"
+    return "transient_error" if isinstance(error, TransientDeliveryError) else "permanent_error"
+
+
+def _record(message: ClaimedMessage, attempt: Try) -> AttemptRecord:
     return AttemptRecord(
         message_id=message.id,
         number=message.attempt,
-        provider=provider,
-        started_at=started,
-        finished_at=utcnow(),
-        outcome=outcome,
-        error_code=error.code if error else None,
-        error=error.reason[:2000] if error else None,
+        provider=attempt.provider,
+        started_at=attempt.started_at,
+        finished_at=attempt.finished_at,
+        outcome=_kind(attempt.error),
+        error_code=attempt.error.code if attempt.error else None,
+        error=(attempt.error.reason if attempt.error else attempt.note or "")[:2000] or None,
     )
 
 
-async def _attempt(transport: Transport, message: ClaimedMessage) -> tuple[Outcome, AttemptRecord]:
+def _outcome(message: ClaimedMessage, result: ChainResult, policy: RetryPolicy) -> Outcome:
+    """Where the message goes after this attempt: sent, retrying later, or failed."""
+    if result.accepted is not None:
+        return Outcome(
+            message_id=message.id,
+            attempt=message.attempt,
+            status="sent",
+            provider=result.provider,
+            provider_message_id=result.accepted.provider_message_id,
+        )
+    error = result.failure()
+    last_provider = result.tries[-1].provider if result.tries else None
+    if isinstance(error, PermanentDeliveryError) or policy.exhausted(message.attempt):
+        reason = error.reason
+        if not isinstance(error, PermanentDeliveryError):
+            reason = f"gave up after {message.attempt} attempts; the last error: {reason}"
+        return Outcome(
+            message_id=message.id,
+            attempt=message.attempt,
+            status="failed",
+            provider=last_provider,
+            error_code=error.code,
+            error=reason[:2000],
+        )
+    wait = policy.delay(message.attempt, retry_after=result.retry_after)
+    return Outcome(
+        message_id=message.id,
+        attempt=message.attempt,
+        status="retrying",
+        provider=last_provider,
+        error_code=error.code,
+        error=error.reason[:2000],
+        not_before=utcnow() + timedelta(seconds=wait),
+    )
+
+
+async def _attempt(
+    chain: ProviderChain, policy: RetryPolicy, message: ClaimedMessage
+) -> tuple[Outcome, list[AttemptRecord]]:
     started = utcnow()
-    error: DeliveryError
     try:
         email = outgoing_email(message)
         ensure_raw(email)
     except Exception as exc:  # a message that cannot be built never will be: fail it, not the task
         log.exception("message could not be built", extra={"fields": {"message": str(message.id)}})
-        error = PermanentDeliveryError("build_failed", f"{type(exc).__name__}: {exc}")
+        failure = PermanentDeliveryError("build_failed", f"{type(exc).__name__}: {exc}")
+        result = ChainResult(tries=[Try("build", started, utcnow(), failure)], error=failure)
     else:
-        try:
-            accepted = await transport.send(email)
-        except DeliveryError as exc:
-            error = exc
-        except Exception as exc:  # a transport bug must not leave the row claimed
-            log.exception(
-                "transport failed unexpectedly", extra={"fields": {"message": str(message.id)}}
-            )
-            error = TransientDeliveryError("transport_error", f"{type(exc).__name__}: {exc}")
-        else:
-            return (
-                Outcome(
-                    message_id=message.id,
-                    attempt=message.attempt,
-                    status="sent",
-                    provider=transport.name,
-                    provider_message_id=accepted.provider_message_id,
-                ),
-                _attempt_record(message, transport.name, started, None),
-            )
-    return (
-        Outcome(
-            message_id=message.id,
-            attempt=message.attempt,
-            status="failed",
-            provider=transport.name,
-            error_code=error.code,
-            error=error.reason[:2000],
-        ),
-        _attempt_record(message, transport.name, started, error),
-    )
+        result = await chain.send(email)
+        if not result.tries:  # every circuit open: the attempt still counts, and is recorded
+            result.tries.append(Try("none", started, utcnow(), result.failure()))
+    return _outcome(message, result, policy), [_record(message, t) for t in result.tries]
+
+
+RECORD_EVERY = 20
+RECORD_INTERVAL_SECONDS = 0.2
 
 
 async def deliver(
     database: Database,
-    transport: Transport,
+    chain: ProviderChain,
+    policy: RetryPolicy,
     ids: Sequence[uuid.UUID],
     *,
     lease_seconds: int,
 ) -> DeliveryReport:
     report = DeliveryReport()
+    outcomes: list[Outcome] = []
+    attempts: list[AttemptRecord] = []
+    current: set[uuid.UUID] = set()
     async with database.autocommit() as connection:
         repo = DeliveryRepository(connection)
         claimed = await repo.claim(ids, lease_seconds=lease_seconds)
         report.claimed = len(claimed)
         if not claimed:
             return report
-        results = await asyncio.gather(*(_attempt(transport, message) for message in claimed))
-        outcomes = [outcome for outcome, _ in results]
-        attempts = [attempt for _, attempt in results]
-        current = await repo.record(outcomes, attempts)
+        # Outcomes are written as sends complete, a few at a time: a worker that dies mid-batch
+        # leaves unrecorded (and so sent again) only what was in flight, not the whole batch.
+        sends = [asyncio.ensure_future(_attempt(chain, policy, m)) for m in claimed]
+        unwritten: list[Outcome] = []
+        unwritten_attempts: list[AttemptRecord] = []
+        last_write = time.monotonic()
+        for done in asyncio.as_completed(sends):
+            outcome, tried = await done
+            unwritten.append(outcome)
+            unwritten_attempts.extend(tried)
+            due = time.monotonic() - last_write >= RECORD_INTERVAL_SECONDS
+            if (
+                len(unwritten) >= RECORD_EVERY
+                or due
+                or len(outcomes) + len(unwritten) == len(sends)
+            ):
+                current |= await repo.record(unwritten, unwritten_attempts)
+                outcomes += unwritten
+                attempts += unwritten_attempts
+                unwritten, unwritten_attempts = [], []
+                last_write = time.monotonic()
 
     for outcome in outcomes:
         if outcome.message_id not in current:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.auth.service import TenantInfo
-from mailsvc.errors import FieldError, NotFound, ValidationFailed
+from mailsvc.config import settings
+from mailsvc.errors import Conflict, FieldError, NotFound, ValidationFailed
 from mailsvc.kit.ids import uuid7
 from mailsvc.kit.outbox import enqueue
 from mailsvc.kit.pagination import encode_cursor
@@ -101,10 +106,15 @@ def build_message(
 
 
 async def accept_messages(
-    session: AsyncSession, messages: Sequence[Message], *, batch_size: int = 1
+    session: AsyncSession,
+    messages: Sequence[Message],
+    *,
+    batch_size: int = 1,
+    already_inserted: bool = False,
 ) -> None:
     """Store new messages and enqueue their first send, in jobs of `batch_size` ids per lane."""
-    session.add_all(messages)
+    if not already_inserted:
+        session.add_all(messages)
     session.add_all(
         MessageEvent(message_id=m.id, type="accepted", at=m.created_at, detail={}) for m in messages
     )
@@ -119,13 +129,63 @@ async def accept_messages(
             enqueue(session, SEND_TASK, queue=queue, ids=ids[start : start + batch_size])
 
 
+@dataclass(frozen=True)
+class Accepted:
+    message: schemas.Message
+    created: bool  # False: an earlier request with the same Idempotency-Key made it
+
+
+def request_hash(body: schemas.MessageCreate) -> str:
+    """The body as parsed (defaults filled, addresses normalised): the same request hashes alike."""
+    canonical = json.dumps(body.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 async def send_message(
-    session: AsyncSession, tenant: TenantInfo, body: schemas.MessageCreate
-) -> schemas.Message:
+    session: AsyncSession,
+    tenant: TenantInfo,
+    body: schemas.MessageCreate,
+    *,
+    idempotency_key: str | None = None,
+) -> Accepted:
     message = build_message(tenant, body, lane=queues.TRANSACTIONAL)
-    await accept_messages(session, [message])
+    if idempotency_key is not None:
+        message.idempotency_key = idempotency_key
+        message.request_hash = request_hash(body)
+        earlier = await _insert_unless_key_taken(session, message, idempotency_key)
+        if earlier is not None:
+            if earlier.request_hash != message.request_hash:
+                raise Conflict(
+                    f"Idempotency-Key {idempotency_key!r} was used with a different body "
+                    f"(message {earlier.id})"
+                )
+            repo = MessageRepository(session)
+            return Accepted(message=(await _present_all(repo, [earlier]))[0], created=False)
+    await accept_messages(session, [message], already_inserted=idempotency_key is not None)
     accepted = schemas.Event(type="accepted", at=message.created_at, detail={})
-    return present(message, attempts=[], events=[accepted])
+    return Accepted(message=present(message, attempts=[], events=[accepted]), created=True)
+
+
+async def _insert_unless_key_taken(
+    session: AsyncSession, message: Message, key: str
+) -> Message | None:
+    """Insert the message, or return the live message that already holds its key.
+
+    The unique index decides, not a check-then-insert: of two identical requests racing, the
+    second waits on the first's row and then finds it. A key older than the TTL is released
+    and the insert tried again.
+    """
+    repo = MessageRepository(session)
+    for _ in range(3):
+        if await repo.insert_if_key_free(message):
+            return None
+        earlier = await repo.by_idempotency_key(message.tenant_id, key)
+        if earlier is None:  # the holder was rolled back or released meanwhile
+            continue
+        if earlier.created_at > utcnow() - timedelta(hours=settings.idempotency_ttl_hours):
+            return earlier
+        await repo.release_idempotency_key(earlier.id)
+    raise Conflict("the Idempotency-Key is contended; try again")
 
 
 async def get_message(

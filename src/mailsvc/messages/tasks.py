@@ -23,7 +23,8 @@ def send(self: Task, ids: list[str]) -> dict[str, int]:
         report = runtime.run(
             sending.deliver(
                 runtime.database,
-                runtime.transport,
+                runtime.chain,
+                runtime.policy,
                 [uuid.UUID(i) for i in ids],
                 lease_seconds=settings.claim_lease_seconds,
             )
@@ -70,13 +71,35 @@ def sweep() -> dict[str, Any]:
                 depths=depths,
                 older_than_seconds=settings.sweep_after_seconds,
                 limit=settings.sweep_batch_size,
+                max_attempts=settings.retry_max_attempts,
             )
         )
     )
     dispatched = _dispatch_rounds(runtime) if report.expired_leases or report.lost else 0
     return {
         "expired_leases": report.expired_leases,
+        "failed": report.failed,
         "lost": report.lost,
         "dispatched": dispatched,
         "depths": depths,
     }
+
+
+@celery_app.task(name="messages.expire_idempotency_keys")
+def expire_idempotency_keys() -> int:
+    """Release Idempotency-Keys past their 24 h."""
+    runtime = bridge.runtime()
+    total = 0
+    while True:
+        count = runtime.run(
+            runtime.in_transaction(
+                lambda session: upkeep.expire_idempotency_keys(
+                    session,
+                    ttl_hours=settings.idempotency_ttl_hours,
+                    limit=settings.sweep_batch_size,
+                )
+            )
+        )
+        total += count
+        if count < settings.sweep_batch_size:
+            return total

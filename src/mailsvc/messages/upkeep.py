@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,6 +45,7 @@ async def dispatch_due(session: AsyncSession, *, limit: int) -> int:
 @dataclass(frozen=True)
 class SweepReport:
     expired_leases: int
+    failed: int  # of the expired: given up on after max_attempts
     lost: int
 
 
@@ -53,10 +55,11 @@ async def sweep(
     depths: Mapping[str, int],
     older_than_seconds: int,
     limit: int,
+    max_attempts: int,
 ) -> SweepReport:
     """Park again what the broker cannot be holding; the dispatcher publishes it next."""
     repo = MessageRepository(session)
-    expired = await repo.release_expired_leases(limit=limit)
+    expired = await repo.release_expired_leases(limit=limit, max_attempts=max_attempts)
     empty_lanes = [lane for lane in queues.LANES if depths.get(lane, 0) == 0]
     lost = await repo.unpark_lost(
         lanes=empty_lanes,
@@ -64,4 +67,15 @@ async def sweep(
         older_than_seconds=older_than_seconds,
         limit=limit,
     )
-    return SweepReport(expired_leases=len(expired), lost=len(lost))
+    return SweepReport(
+        expired_leases=len(expired),
+        failed=sum(1 for row in expired if row.status == "failed"),
+        lost=len(lost),
+    )
+
+
+async def expire_idempotency_keys(session: AsyncSession, *, ttl_hours: int, limit: int) -> int:
+    """Forget Idempotency-Keys older than their TTL, so that a key may be used again."""
+    return await MessageRepository(session).expire_idempotency_keys(
+        older_than=timedelta(hours=ttl_hours), limit=limit
+    )

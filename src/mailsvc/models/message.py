@@ -56,6 +56,12 @@ class Message(Base):
             unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
+        # Expiring idempotency keys after their TTL.
+        Index(
+            "ix_messages_idempotency_created",
+            "created_at",
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
         # The dispatcher: parked rows (not in the broker) that are due.
         Index(
             "ix_messages_due",

@@ -20,4 +20,5 @@ def beat_schedule(config: Settings) -> dict[str, dict[str, Any]]:
     return {
         "dispatch-due-messages": every(config.dispatch_interval_seconds, "messages.dispatch_due"),
         "sweep-outbox": every(config.sweep_interval_seconds, "messages.sweep"),
+        "expire-idempotency-keys": every(3600, "messages.expire_idempotency_keys"),
     }

@@ -13,13 +13,15 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import redis.asyncio as aioredis
 from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailsvc.config import settings
+from mailsvc.config import Settings, settings
 from mailsvc.db import Database
-from mailsvc.delivery.smtp import SmtpConfig, SmtpTransport
-from mailsvc.delivery.transport import Transport
+from mailsvc.delivery.breaker import RedisCircuitBreaker, breaker_redis
+from mailsvc.delivery.chain import ProviderChain, configured_transports
+from mailsvc.delivery.retry import RetryPolicy
 from mailsvc.kit.outbox import outbox_of
 from mailsvc.worker.publish import publish_jobs
 
@@ -32,7 +34,9 @@ T = TypeVar("T")
 class Runtime:
     loop: asyncio.AbstractEventLoop
     database: Database
-    transport: Transport
+    redis: aioredis.Redis
+    chain: ProviderChain
+    policy: RetryPolicy
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coroutine)
@@ -46,21 +50,20 @@ class Runtime:
             publish_jobs(jobs)
         return result
 
+    async def close(self) -> None:
+        await self.chain.close()
+        await self.redis.aclose()
+        await self.database.dispose()
+
 
 _runtime: Runtime | None = None
 
 
-def smtp_transport() -> SmtpTransport:
-    return SmtpTransport(
-        SmtpConfig(
-            host=settings.smtp_host,
-            port=settings.smtp_port,
-            username=settings.smtp_username,
-            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
-            starttls=settings.smtp_starttls,
-            timeout=settings.smtp_timeout_seconds,
-            pool_size=settings.smtp_pool_size,
-        )
+def retry_policy(config: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        base_seconds=config.retry_base_seconds,
+        cap_seconds=config.retry_cap_seconds,
+        max_attempts=config.retry_max_attempts,
     )
 
 
@@ -69,10 +72,19 @@ def start() -> Runtime:
     if _runtime is None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
+        redis = breaker_redis(settings.redis_url or settings.effective_broker_url)
+        breaker = RedisCircuitBreaker(
+            redis,
+            threshold=settings.breaker_failure_threshold,
+            cooldown_seconds=settings.breaker_cooldown_seconds,
+            cache_seconds=settings.breaker_cache_seconds,
+        )
         _runtime = Runtime(
             loop=loop,
             database=Database.from_url(settings.async_database_url, pool_size=4),
-            transport=smtp_transport(),
+            redis=redis,
+            chain=ProviderChain(configured_transports(settings), breaker),
+            policy=retry_policy(settings),
         )
     return _runtime
 
@@ -87,8 +99,7 @@ def stop() -> None:
     if current is None:
         return
     try:
-        current.run(current.transport.close())
-        current.run(current.database.dispose())
+        current.run(current.close())
     except Exception:
         log.exception("worker runtime did not close cleanly")
     finally:

@@ -1,0 +1,70 @@
+"""SendGrid v3 Mail Send: POST /v3/mail/send with a bearer key and a JSON body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from mailsvc.delivery.http import HttpProviderConfig, classify, new_client, post
+from mailsvc.delivery.message import Address, OutgoingEmail
+from mailsvc.delivery.transport import Accepted
+
+
+def _address(address: Address) -> dict[str, str]:
+    return (
+        {"email": address.email, "name": address.name} if address.name else {"email": address.email}
+    )
+
+
+def sendgrid_payload(email: OutgoingEmail) -> dict[str, Any]:
+    personalization: dict[str, Any] = {"to": [_address(a) for a in email.to]}
+    if email.cc:
+        personalization["cc"] = [_address(a) for a in email.cc]
+    if email.bcc:
+        personalization["bcc"] = [_address(a) for a in email.bcc]
+    # text/plain must come first when both are present.
+    content = [
+        {"type": kind, "value": value}
+        for kind, value in (("text/plain", email.text), ("text/html", email.html))
+        if value
+    ]
+    payload: dict[str, Any] = {
+        "personalizations": [personalization],
+        "from": _address(email.sender),
+        "subject": email.subject,
+        "content": content,
+        "headers": {"Message-ID": email.message_id_header, **email.headers},
+        "custom_args": {"mailsvc_message_id": str(email.message_id)},
+    }
+    if email.reply_to is not None:
+        payload["reply_to"] = _address(email.reply_to)
+    if email.tags:
+        payload["categories"] = email.tags[:10]
+    return payload
+
+
+class SendGridTransport:
+    name = "sendgrid"
+
+    def __init__(self, config: HttpProviderConfig, api_key: str) -> None:
+        self.config = config
+        self.url = config.base_url.rstrip("/") + "/v3/mail/send"
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.client: httpx.AsyncClient = new_client()
+
+    async def send(self, email: OutgoingEmail) -> Accepted:
+        response = await post(
+            self.client,
+            self.url,
+            within=self.config.timeout,
+            json=sendgrid_payload(email),
+            headers=self.headers,
+        )
+        error = classify(response)
+        if error is not None:
+            raise error
+        return Accepted(provider_message_id=response.headers.get("x-message-id"))
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,86 @@
+"""A worker and a beat process for end-to-end tests, and reading a message's whole history."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from mailsvc.db import Database
+from mailsvc.models import Attempt, Message, MessageEvent
+from tests.support.processes import BEAT_READY, WORKER_READY, ServiceProcess, start_service
+
+
+@dataclass
+class Services:
+    worker: ServiceProcess
+    beat: ServiceProcess | None
+
+
+@contextmanager
+def worker_and_beat(
+    env: dict[str, str], log_dir: Path, *, beat: bool = True, concurrency: int = 2
+) -> Iterator[Services]:
+    worker = start_service(
+        "worker",
+        ["worker", "--role", "all", "--concurrency", str(concurrency)],
+        env=env,
+        log_dir=log_dir,
+        ready_marker=WORKER_READY,
+    )
+    beat_process = None
+    try:
+        if beat:
+            beat_process = start_service(
+                "beat",
+                ["beat", "--schedule", str(log_dir / "beat-schedule")],
+                env=env,
+                log_dir=log_dir,
+                ready_marker=BEAT_READY,
+            )
+        yield Services(worker, beat_process)
+    finally:
+        worker.stop()
+        if beat_process is not None:
+            beat_process.stop()
+        print(worker.log()[-6000:])  # shown by pytest when a test fails
+        if beat_process is not None:
+            print(beat_process.log()[-2000:])
+
+
+@dataclass
+class History:
+    message: Message
+    attempts: list[Attempt]
+    events: list[MessageEvent]
+
+    def tries(self) -> list[tuple[int, str, str, str | None]]:
+        return [(a.number, a.provider, a.outcome, a.error_code) for a in self.attempts]
+
+    def event(self, kind: str) -> list[dict[str, Any]]:
+        return [e.detail for e in self.events if e.type == kind]
+
+
+async def history(database: Database, message_id: uuid.UUID | str) -> History:
+    ident = uuid.UUID(str(message_id))
+    async with database.sessionmaker() as session:
+        message = await session.get(Message, ident)
+        assert message is not None
+        attempts = (
+            await session.execute(
+                select(Attempt).where(Attempt.message_id == ident).order_by(Attempt.id)
+            )
+        ).scalars()
+        events = (
+            await session.execute(
+                select(MessageEvent)
+                .where(MessageEvent.message_id == ident)
+                .order_by(MessageEvent.id)
+            )
+        ).scalars()
+        return History(message, list(attempts), list(events))
