@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test pytest lint typecheck openapi openapi-check bench format clean
+.PHONY: run test pytest lint typecheck openapi openapi-check bench chaos format clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("mailsvc needs Python 3.11 or newer" if sys.version_info < (3, 11) else 0)'
@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 ## run: the whole service on the embedded PostgreSQL, Redis and capture SMTP server
+##      (make run ARGS=--fake-providers: through fake SendGrid/Mailgun/SES/SMTP instead)
 run: $(STAMP)
-	$(BIN)/mailsvc dev
+	$(BIN)/mailsvc dev $(ARGS)
 
 ## test: lint, type-check, check openapi.yaml, then the full test suite against real servers
 test: $(STAMP) lint typecheck openapi-check pytest
@@ -44,6 +45,10 @@ openapi-check: $(STAMP)
 ## bench: measure against the real stack, print the table (see README)
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+## chaos: 20,000 messages through worker kills, Redis restarts and a provider outage
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

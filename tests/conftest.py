@@ -151,21 +151,7 @@ def fake_providers(fakes: FakeProviders) -> FakeProviders:
 
 def provider_env(fakes: FakeProviders, order: str = "sendgrid,mailgun,ses,smtp") -> dict[str, str]:
     """MAILSVC_* settings that point every provider at the fakes."""
-    creds = fakes.credentials
-    return {
-        "MAILSVC_PROVIDER_ORDER": order,
-        "MAILSVC_SENDGRID_API_KEY": creds.sendgrid_key,
-        "MAILSVC_SENDGRID_BASE_URL": fakes.http_url,
-        "MAILSVC_MAILGUN_API_KEY": creds.mailgun_key,
-        "MAILSVC_MAILGUN_DOMAIN": creds.mailgun_domain,
-        "MAILSVC_MAILGUN_BASE_URL": fakes.http_url,
-        "MAILSVC_SES_ACCESS_KEY_ID": creds.ses_access_key_id,
-        "MAILSVC_SES_SECRET_ACCESS_KEY": creds.ses_secret_access_key,
-        "MAILSVC_SES_REGION": creds.ses_region,
-        "MAILSVC_SES_BASE_URL": fakes.http_url,
-        "MAILSVC_SMTP_HOST": "127.0.0.1",
-        "MAILSVC_SMTP_PORT": str(fakes.smtp_port),
-    }
+    return fakes.settings_env(order)
 
 
 def provider_settings(fakes: FakeProviders, **overrides: Any) -> Settings:

@@ -137,7 +137,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from mailsvc.devserver.supervisor import run_dev
 
     configure_logging(settings.log_level, json_lines=False)
-    return run_dev(settings, api_port=args.port, smtp_relay=args.smtp)
+    return run_dev(
+        settings, api_port=args.port, smtp_relay=args.smtp, fake_providers=args.fake_providers
+    )
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -251,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="HOST:PORT",
         help="relay mail to this SMTP server instead of the capture server",
+    )
+    dev.add_argument(
+        "--fake-providers",
+        action="store_true",
+        help="send through local fake SendGrid, Mailgun, SES and SMTP servers (scriptable)",
     )
     dev.set_defaults(func=cmd_dev)
 

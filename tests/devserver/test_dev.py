@@ -25,14 +25,14 @@ BANNER = "mailsvc is running."
 
 
 class DevRun:
-    def __init__(self, folder: Path, port: int) -> None:
+    def __init__(self, folder: Path, port: int, *extra: str) -> None:
         self.folder = folder
         self.port = port
         self.log = folder / f"dev-{time.monotonic_ns()}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSVC_")}
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailsvc", "dev", "--port", str(port)],
+                [sys.executable, "-m", "mailsvc", "dev", "--port", str(port), *extra],
                 cwd=folder,
                 env=env,
                 stdout=out,
@@ -119,4 +119,44 @@ def test_make_run_sends_an_email_then_stops_cleanly_and_keeps_its_data(folder: P
     assert again.status_code == 200
     assert again.json()["status"] == "sent"
     assert second.interrupt() == 0
+    assert processes_of(folder) == []
+
+
+def test_make_run_with_fake_providers_shows_a_failover(folder: Path) -> None:
+    port = free_port()
+    dev = DevRun(folder, port, "--fake-providers")
+    token = dev.wait_ready()
+    found = re.search(r"curl -s -X POST (http://\S+)/_fake/sendgrid/fail", dev.text())
+    assert found is not None, "the banner shows how to make a provider fail"
+    fakes_url = found.group(1)
+    api = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"to": ["someone@example.net"], "subject": "Hi", "text": "Hello"}
+
+    def delivered(message_id: str) -> dict[str, object]:
+        deadline = time.monotonic() + 20
+        while True:
+            message = httpx.get(f"{api}/v1/messages/{message_id}", headers=headers).json()
+            if message["status"] == "sent":
+                return dict(message)
+            assert time.monotonic() < deadline, message
+            time.sleep(0.05)
+
+    first = delivered(httpx.post(f"{api}/v1/messages", json=body, headers=headers).json()["id"])
+    assert first["provider"] == "sendgrid"
+
+    scripted = httpx.post(f"{fakes_url}/_fake/sendgrid/fail", json={"status": 503})
+    assert scripted.status_code == 200
+    second = delivered(httpx.post(f"{api}/v1/messages", json=body, headers=headers).json()["id"])
+    assert second["provider"] == "mailgun"
+    attempts = second["attempts"]
+    assert isinstance(attempts, list)
+    assert [(a["provider"], a["outcome"]) for a in attempts] == [
+        ("sendgrid", "transient_error"),
+        ("mailgun", "sent"),
+    ]
+    deliveries = httpx.get(f"{fakes_url}/_fake/deliveries").json()
+    assert deliveries[str(second["message_id_header"])] == ["mailgun"]
+    assert list((folder / ".mailsvc" / "outbox").glob("mailgun-*.eml"))
+    assert dev.interrupt() == 0
     assert processes_of(folder) == []

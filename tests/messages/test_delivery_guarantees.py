@@ -68,6 +68,11 @@ async def reaches(
     return await eventually(probe, timeout=timeout, what=f"message {message_id}")
 
 
+def fail_http_providers(fakes: FakeProviders, status: int, retry_after: int | None = None) -> None:
+    for name in ("sendgrid", "mailgun", "ses"):
+        fakes.providers[name].fail(status=status, retry_after=retry_after)
+
+
 def settled(h: History) -> bool:
     return h.message.status in {"sent", "failed"}
 
@@ -146,8 +151,7 @@ async def test_a_permanent_smtp_5xx_ends_the_attempt_and_the_message(
     live_database: Database,
     fakes_for_test: FakeProviders,
 ) -> None:
-    for name in ("sendgrid", "mailgun", "ses"):
-        fakes_for_test.providers[name].fail(status=503)
+    fail_http_providers(fakes_for_test, 503)
     fakes_for_test.smtp.fail(status=554)
     message_id = await send(live_client, live_tenant)
     h = await reaches(live_database, message_id, settled)
@@ -171,8 +175,7 @@ async def test_backoff_follows_the_policy_and_exhaustion_fails_with_every_attemp
     live_database: Database,
     fakes_for_test: FakeProviders,
 ) -> None:
-    for name in ("sendgrid", "mailgun", "ses"):
-        fakes_for_test.providers[name].fail(status=503)
+    fail_http_providers(fakes_for_test, 503)
     fakes_for_test.smtp.fail(status=451)
     message_id = await send(live_client, live_tenant)
     h = await reaches(live_database, message_id, settled, timeout=60)
@@ -204,8 +207,7 @@ async def test_retry_after_is_honoured(
     live_database: Database,
     fakes_for_test: FakeProviders,
 ) -> None:
-    for name in ("sendgrid", "mailgun", "ses"):
-        fakes_for_test.providers[name].fail(status=429, retry_after=5)
+    fail_http_providers(fakes_for_test, 429, retry_after=5)
     fakes_for_test.smtp.fail(status=451)
     message_id = await send(live_client, live_tenant)
     h = await reaches(live_database, message_id, lambda h: h.message.status == "retrying")

@@ -16,8 +16,9 @@ from mailsvc.devserver.embedded import EmbeddedRedis
 from mailsvc.models import Tenant
 from mailsvc.worker.app import celery_app, configure
 from tests.conftest import bearer, service_env
-from tests.support.processes import BEAT_READY, WORKER_READY, eventually, start_service
+from tests.support.processes import eventually
 from tests.support.servers import TestServers
+from tests.support.stack import worker_and_beat
 
 pytestmark = pytest.mark.e2e
 
@@ -54,18 +55,7 @@ async def test_accepted_while_redis_is_down_is_delivered_once_it_is_back(
         MAILSVC_SWEEP_INTERVAL_SECONDS="1",
         MAILSVC_DISPATCH_INTERVAL_SECONDS="1",
     )
-    logs = tmp_path / "logs"
-    worker = start_service(
-        "worker", ["worker", "--role", "all"], env=env, log_dir=logs, ready_marker=WORKER_READY
-    )
-    beat = start_service(
-        "beat",
-        ["beat", "--schedule", str(tmp_path / "beat-schedule")],
-        env=env,
-        log_dir=logs,
-        ready_marker=BEAT_READY,
-    )
-    try:
+    with worker_and_beat(env, tmp_path / "logs"):
         own_broker.stop()
         headers = bearer(live_tenant)
         response = await live_client.post(
@@ -93,7 +83,3 @@ async def test_accepted_while_redis_is_down_is_delivered_once_it_is_back(
         assert message["attempt_count"] == 1
         assert isinstance(message["attempts"], list)
         assert len(message["attempts"]) == 1
-    finally:
-        worker.stop()
-        beat.stop()
-        print(worker.log()[-5000:], beat.log()[-3000:])

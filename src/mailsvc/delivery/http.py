@@ -80,13 +80,17 @@ def classify(response: httpx.Response) -> DeliveryError | None:
 async def post(
     client: httpx.AsyncClient, url: str, *, within: float, **kwargs: Any
 ) -> httpx.Response:
-    """POST, with network failures and timeouts mapped to transient delivery errors."""
+    """POST and return the accepting response; anything else raises the DeliveryError it means."""
     try:
-        return await client.post(url, timeout=within, **kwargs)
+        response = await client.post(url, timeout=within, **kwargs)
     except httpx.TimeoutException as exc:
         raise TransientDeliveryError("timeout", f"no answer within {within:g} s") from exc
     except httpx.TransportError as exc:
         raise TransientDeliveryError("network", f"{type(exc).__name__}: {exc}") from exc
+    error = classify(response)
+    if error is not None:
+        raise error
+    return response
 
 
 def new_client() -> httpx.AsyncClient:

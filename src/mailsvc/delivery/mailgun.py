@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from mailsvc.delivery.http import HttpProviderConfig, classify, new_client, post
+from mailsvc.delivery.http import HttpProviderConfig, new_client, post
 from mailsvc.delivery.message import Address, OutgoingEmail
 from mailsvc.delivery.transport import Accepted
 
@@ -52,9 +52,6 @@ class MailgunTransport:
             headers={"Content-Type": "application/x-www-form-urlencoded"},
             auth=self.auth,
         )
-        error = classify(response)
-        if error is not None:
-            raise error
         provider_id = response.json().get("id") if response.content else None
         return Accepted(provider_message_id=provider_id)
 

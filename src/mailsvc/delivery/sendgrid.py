@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from mailsvc.delivery.http import HttpProviderConfig, classify, new_client, post
+from mailsvc.delivery.http import HttpProviderConfig, new_client, post
 from mailsvc.delivery.message import Address, OutgoingEmail
 from mailsvc.delivery.transport import Accepted
 
@@ -61,9 +61,6 @@ class SendGridTransport:
             json=sendgrid_payload(email),
             headers=self.headers,
         )
-        error = classify(response)
-        if error is not None:
-            raise error
         return Accepted(provider_message_id=response.headers.get("x-message-id"))
 
     async def close(self) -> None:

@@ -12,7 +12,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from mailsvc.delivery.http import HttpProviderConfig, classify, new_client, post
+from mailsvc.delivery.http import HttpProviderConfig, new_client, post
 from mailsvc.delivery.message import OutgoingEmail
 from mailsvc.delivery.mime import ensure_raw
 from mailsvc.delivery.transport import Accepted
@@ -59,9 +59,6 @@ class SesTransport:
             content=body,
             headers=self._signed_headers(body),
         )
-        error = classify(response)
-        if error is not None:
-            raise error
         return Accepted(provider_message_id=response.json().get("MessageId"))
 
     async def close(self) -> None:

@@ -34,6 +34,7 @@ from mailsvc.devserver.embedded import (
     set_parent_death_signal,
     wait_for_port,
 )
+from mailsvc.devserver.fakes import FakeProviders
 
 DEV_TENANT = "dev"
 DEV_DOMAIN = "example.com"
@@ -115,8 +116,10 @@ def run_dev(
     api_port: int = 8000,
     smtp_port: int = 2525,
     smtp_relay: tuple[str, int] | None = None,
+    fake_providers: bool = False,
 ) -> int:
-    """Runs until Ctrl-C. With `smtp_relay`, mail goes to that server instead of the capture one."""
+    """Runs until Ctrl-C. With `smtp_relay`, mail goes to that server instead of the capture one;
+    with `fake_providers`, through fake SendGrid → Mailgun → SES → SMTP, to watch failover."""
 
     data_dir = config.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -149,14 +152,24 @@ def run_dev(
             lambda session: ensure_tenant(session, name=DEV_TENANT, domains=[DEV_DOMAIN]),
         )
 
-        if smtp_relay is None:
-            smtp_host, smtp_port = "127.0.0.1", free_port(smtp_port)
+        providers: dict[str, str]
+        extra = ""
+        if fake_providers:
+            fakes = FakeProviders(outbox=data_dir / "outbox")
+            fakes.start(http_port=free_port(8025), smtp_port=free_port(smtp_port))
+            supervisor.cleanups.append(fakes.stop)
+            providers = fakes.settings_env()
+            mailbox = f"{data_dir / 'outbox'}/<provider>-*.eml   (fake providers, {fakes.http_url})"
+            extra = _fakes_help(fakes.http_url)
+        elif smtp_relay is None:
+            smtp_port = free_port(smtp_port)
             capture = start_capture_server(data_dir / "outbox", port=smtp_port)
             supervisor.cleanups.append(capture.stop)
+            providers = _smtp_only("127.0.0.1", smtp_port)
             mailbox = f"{data_dir / 'outbox'}/*.eml   (the capture SMTP server keeps every message)"
         else:
-            smtp_host, smtp_port = smtp_relay
-            mailbox = f"relayed to SMTP {smtp_host}:{smtp_port}"
+            providers = _smtp_only(*smtp_relay)
+            mailbox = f"relayed to SMTP {smtp_relay[0]}:{smtp_relay[1]}"
 
         env = {
             **os.environ,
@@ -164,8 +177,7 @@ def run_dev(
             "MAILSVC_DATABASE_URL": database_url,
             "MAILSVC_REDIS_URL": redis_url,
             "MAILSVC_JWT_SECRET": secret,
-            "MAILSVC_SMTP_HOST": smtp_host,
-            "MAILSVC_SMTP_PORT": str(smtp_port),
+            **providers,
             "MAILSVC_DATA_DIR": str(data_dir),
             "MAILSVC_SWEEP_AFTER_SECONDS": os.environ.get("MAILSVC_SWEEP_AFTER_SECONDS", "20"),
             "MAILSVC_SWEEP_INTERVAL_SECONDS": os.environ.get(
@@ -201,7 +213,7 @@ def run_dev(
                 config=signing,
             ),
         )
-        _print_banner(api_url, token, mailbox)
+        _print_banner(api_url, token, mailbox, extra)
 
         while True:
             exited = supervisor.first_exited()
@@ -233,7 +245,24 @@ def _wait_for_worker(redis_url: str, timeout: float = 30.0) -> None:
     print("mailsvc dev: the worker did not answer a ping yet; continuing", file=sys.stderr)
 
 
-def _print_banner(api_url: str, token: str, mailbox: str) -> None:
+def _smtp_only(host: str, port: int) -> dict[str, str]:
+    return {
+        "MAILSVC_PROVIDER_ORDER": "smtp",
+        "MAILSVC_SMTP_HOST": host,
+        "MAILSVC_SMTP_PORT": str(port),
+    }
+
+
+def _fakes_help(url: str) -> str:
+    return f"""
+Fake providers: sendgrid → mailgun → ses → smtp. Watch a failover:
+  curl -s -X POST {url}/_fake/sendgrid/fail -d '{{"status": 503, "for_seconds": 60}}'
+  (send a message; its attempts show sendgrid failing and mailgun taking it)
+  curl -s {url}/_fake/deliveries      # which provider took each Message-ID
+"""
+
+
+def _print_banner(api_url: str, token: str, mailbox: str, extra: str = "") -> None:
     body = (
         '{"to": ["someone@example.net"], "subject": "Hello from mailsvc", '
         '"text": "It works.", "html": "<p>It works.</p>"}'
@@ -253,6 +282,7 @@ curl -s {api_url}/v1/messages -H "Authorization: Bearer {token}" \\
 
 Look it up:
 curl -s {api_url}/v1/messages/<id> -H "Authorization: Bearer {token}"
+{extra}
 Ctrl-C stops everything.
 """,
         flush=True,

@@ -107,6 +107,24 @@ class FakeProviders:
             raise RuntimeError("the fake providers are not running; call start() first")
         return int(self._smtp.port)
 
+    def settings_env(self, order: str = "sendgrid,mailgun,ses,smtp") -> dict[str, str]:
+        """MAILSVC_* variables that point mailsvc's providers at these fakes, in `order`."""
+        creds = self.credentials
+        return {
+            "MAILSVC_PROVIDER_ORDER": order,
+            "MAILSVC_SENDGRID_API_KEY": creds.sendgrid_key,
+            "MAILSVC_SENDGRID_BASE_URL": self.http_url,
+            "MAILSVC_MAILGUN_API_KEY": creds.mailgun_key,
+            "MAILSVC_MAILGUN_DOMAIN": creds.mailgun_domain,
+            "MAILSVC_MAILGUN_BASE_URL": self.http_url,
+            "MAILSVC_SES_ACCESS_KEY_ID": creds.ses_access_key_id,
+            "MAILSVC_SES_SECRET_ACCESS_KEY": creds.ses_secret_access_key,
+            "MAILSVC_SES_REGION": creds.ses_region,
+            "MAILSVC_SES_BASE_URL": self.http_url,
+            "MAILSVC_SMTP_HOST": HOST,
+            "MAILSVC_SMTP_PORT": str(self.smtp_port),
+        }
+
     def deliveries(self) -> dict[str, list[str]]:
         """Message-ID -> the providers it arrived at, once per arrival, in arrival order."""
         arrivals = sorted(
