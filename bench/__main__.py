@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--messages", type=int, default=5000)
-    parser.add_argument("--trials", type=int, default=3, help="end-to-end runs; median kept")
+    parser.add_argument("--trials", type=int, default=5, help="end-to-end runs; median kept")
     args = parser.parse_args()
 
     rows: list[Row] = []

@@ -414,6 +414,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.chaos")
     parser.add_argument("--messages", type=int, default=ChaosPlan.messages)
     parser.add_argument("--quick", action="store_true", help="2,000 messages, faults compressed")
+    parser.add_argument("--keep", type=Path, default=None, help="keep logs and data in this folder")
     args = parser.parse_args()
     plan = (
         ChaosPlan(
@@ -429,7 +430,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="mailsvc-chaos-") as scratch:
         print(f"chaos: {plan}", flush=True)
-        report = run_chaos(plan, Path(scratch))
+        report = run_chaos(plan, args.keep or Path(scratch))
     lines = ["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in report.rows()]
     text = "\n".join(lines)
     print(text)

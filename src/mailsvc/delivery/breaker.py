@@ -30,12 +30,13 @@ _BACK_OFF_SECONDS = 5.0  # after Redis failed us, how long to allow everything w
 
 def breaker_redis(url: str) -> aioredis.Redis:
     """A client for the breaker: short timeouts and no retries, so an outage costs one wait."""
-    return aioredis.Redis.from_url(
+    client: aioredis.Redis = aioredis.Redis.from_url(
         url,
         socket_connect_timeout=0.5,
         socket_timeout=0.5,
         retry=Retry(NoBackoff(), 0),
     )
+    return client
 
 
 # KEYS: failures, open_until, probe   ARGV: threshold, now, cooldown, failures_ttl

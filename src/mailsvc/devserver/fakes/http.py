@@ -12,7 +12,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -154,8 +154,14 @@ def build_app(
             Route("/_fake/deliveries", control.deliveries, methods=["GET"]),
             Route("/_fake/{provider}/received", control.received, methods=["GET"]),
             Route("/_fake/{provider}/{action}", control.script, methods=["POST"]),
-        ]
+        ],
+        # A client that hung up mid-request (a worker killed by a chaos run) is not an error.
+        exception_handlers={ClientDisconnect: _client_gone},
     )
+
+
+async def _client_gone(_: Request, __: Exception) -> Response:
+    return Response(status_code=499)
 
 
 class HttpServerThread:
