@@ -23,15 +23,21 @@ def tenant_info(tenant: Tenant) -> TenantInfo:
 
 
 async def queue_messages(
-    session: AsyncSession, tenant: Tenant, count: int, *, batch_size: int = 1
+    session: AsyncSession,
+    tenant: Tenant,
+    count: int,
+    *,
+    batch_size: int = 1,
+    lane: str = queues.TRANSACTIONAL,
 ) -> list[uuid.UUID]:
+    """Accepted messages; transactional ones are published at once, bulk ones wait parked."""
     rows = [
         service.build_message(
             tenant_info(tenant),
             MessageCreate.model_validate(
                 {"to": [f"user{i}@example.net"], "subject": f"Message {i}", "text": "Body"}
             ),
-            lane=queues.BULK,
+            lane=lane,
         )
         for i in range(count)
     ]

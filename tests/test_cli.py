@@ -137,3 +137,25 @@ def test_commands_beside_a_running_dev_use_its_servers(
     issued = mailsvc("token", "create", "--tenant", name, "--scopes", "admin", env={}, cwd=tmp_path)
     assert issued.returncode == 0, issued.stderr
     assert verify_token(issued.stdout.strip(), Settings(jwt_secret=secret)).scopes == {"admin"}
+
+
+def test_rate_limits_are_set_shown_and_cleared(cli_env: dict[str, str]) -> None:
+    assert (
+        "provider:ses\tper_minute=None\tper_second=14\tdefault"
+        in mailsvc("limits", "show", env=cli_env).stdout
+    )
+    done = mailsvc("limits", "set", "provider:smtp", "--per-minute", "6000", env=cli_env)
+    assert done.returncode == 0, done.stderr
+    shown = mailsvc("limits", "show", env=cli_env).stdout
+    assert "provider:smtp\tper_minute=6000\tper_second=None\tset" in shown
+    assert mailsvc("limits", "clear", "provider:smtp", env=cli_env).returncode == 0
+    assert "provider:smtp" not in mailsvc("limits", "show", env=cli_env).stdout
+
+
+def test_a_bad_rate_limit_scope_is_refused(cli_env: dict[str, str]) -> None:
+    result = mailsvc("limits", "set", "provider:pigeon", "--per-minute", "5", env=cli_env)
+    assert result.returncode == 2
+    assert "is not a scope" in result.stderr
+    zero = mailsvc("limits", "set", "lane:bulk", "--per-minute", "0", env=cli_env)
+    assert zero.returncode == 2
+    assert "'0' is not a whole number above 0" in zero.stderr

@@ -30,19 +30,26 @@ log = logging.getLogger(__name__)
 
 
 class BodyLimit:
-    """Refuses request bodies over the limit with 413, by Content-Length or while streaming."""
+    """Refuses request bodies over the limit with 413, by Content-Length or while streaming.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    `per_path` raises the limit for particular paths (the batch endpoint takes 500 messages).
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = per_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.per_path.get(scope["path"], self.max_bytes)
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._too_large(scope, receive, send)
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._too_large(scope, receive, send, limit)
                 return
         seen = 0
 
@@ -51,17 +58,18 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise StarletteHTTPException(413, self._detail())
+                if seen > limit:
+                    raise StarletteHTTPException(413, self._detail(limit))
             return message
 
         await self.app(scope, limited_receive, send)
 
-    def _detail(self) -> str:
-        return f"the request body is larger than {self.max_bytes} bytes"
+    @staticmethod
+    def _detail(limit: int) -> str:
+        return f"the request body is larger than {limit} bytes"
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem(413, "Payload Too Large", self._detail(), slug="payload-too-large")
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        response = problem(413, "Payload Too Large", self._detail(limit), slug="payload-too-large")
         await response(scope, receive, send)
 
 
@@ -143,7 +151,11 @@ def create_app(*, database: Database | None = None, publish: Publisher | None = 
         lifespan=lifespan,
         responses={},
     )
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        per_path={"/v1/messages/batch": settings.max_batch_body_bytes},
+    )
     app.add_middleware(RequestMetrics)
     _install_error_handlers(app)
     for router, errors in (

@@ -33,6 +33,12 @@ def parse_ttl(value: str) -> timedelta:
     return timedelta(seconds=int(match.group(1)) * _TTL_UNITS[match.group(2)])
 
 
+def positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) == 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number above 0")
+    return int(value)
+
+
 def parse_host_port(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit():
@@ -127,6 +133,51 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         )
     _require("JWT_SECRET", settings.jwt_secret)
     print(_token_for(args.tenant, scopes, args.ttl))
+    return 0
+
+
+# -- rate limits ----------------------------------------------------------------------------
+
+_SCOPE = re.compile(r"^(provider:(sendgrid|mailgun|ses|smtp)|lane:\w+|tenant:[0-9a-f-]{36}:\w+)$")
+
+
+def cmd_limits_show(_: argparse.Namespace) -> int:
+    from mailsvc.db import run_in_session
+    from mailsvc.ratelimit.repository import RateLimitRepository
+
+    overrides = run_in_session(_database_url(), lambda s: RateLimitRepository(s).all())
+    for scope, spec in sorted({**settings.rate_limits, **overrides}.items()):
+        source = "set" if scope in overrides else "default"
+        print(f"{scope}\tper_minute={spec.per_minute}\tper_second={spec.per_second}\t{source}")
+    return 0
+
+
+def cmd_limits_set(args: argparse.Namespace) -> int:
+    from mailsvc.config import RateLimitSpec
+    from mailsvc.db import run_in_session
+    from mailsvc.ratelimit.repository import RateLimitRepository
+
+    if not _SCOPE.match(args.scope):
+        raise CommandError(
+            f"{args.scope!r} is not a scope: provider:<sendgrid|mailgun|ses|smtp>, lane:<lane> "
+            "or tenant:<tenant id>:<lane>"
+        )
+    if args.per_minute is None and args.per_second is None:
+        raise CommandError("give --per-minute, --per-second or both")
+    spec = RateLimitSpec(per_minute=args.per_minute, per_second=args.per_second)
+    run_in_session(_database_url(), lambda s: RateLimitRepository(s).put(args.scope, spec))
+    print(f"{args.scope} per_minute={spec.per_minute} per_second={spec.per_second}")
+    return 0
+
+
+def cmd_limits_clear(args: argparse.Namespace) -> int:
+    from mailsvc.db import run_in_session
+    from mailsvc.ratelimit.repository import RateLimitRepository
+
+    removed = run_in_session(_database_url(), lambda s: RateLimitRepository(s).remove(args.scope))
+    if not removed:
+        raise CommandError(f"no limit is set for {args.scope!r}")
+    print(f"{args.scope}: back to the default")
     return 0
 
 
@@ -301,6 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
     token_create.add_argument("--scopes", required=True, help='e.g. "messages:send messages:read"')
     token_create.add_argument("--ttl", type=parse_ttl, default=timedelta(hours=1))
     token_create.set_defaults(func=cmd_token_create)
+
+    limits = commands.add_parser("limits", help="rate limits, changed without a restart")
+    limit_commands = limits.add_subparsers(dest="limits", required=True)
+    limit_commands.add_parser("show", help="the limits in force").set_defaults(func=cmd_limits_show)
+    limit_set = limit_commands.add_parser("set", help="set a limit (workers see it within 5 s)")
+    limit_set.add_argument("scope", help="provider:<name>, lane:<lane> or tenant:<id>:<lane>")
+    limit_set.add_argument("--per-minute", type=positive_int, default=None)
+    limit_set.add_argument("--per-second", type=positive_int, default=None)
+    limit_set.set_defaults(func=cmd_limits_set)
+    limit_clear = limit_commands.add_parser("clear", help="back to the default for a scope")
+    limit_clear.add_argument("scope")
+    limit_clear.set_defaults(func=cmd_limits_clear)
 
     openapi = commands.add_parser("openapi", help="write or check openapi.yaml")
     openapi.add_argument("--output", default="openapi.yaml")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -15,6 +15,15 @@ def async_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
     raise ValueError(f"not a PostgreSQL URL: {url.split('://', 1)[0]}://…")
+
+
+class RateLimitSpec(BaseModel):
+    """Tokens a minute and/or a second; None means no limit of that kind."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    per_minute: int | None = Field(default=None, gt=0)
+    per_second: int | None = Field(default=None, gt=0)
 
 
 class Settings(BaseSettings):
@@ -39,6 +48,7 @@ class Settings(BaseSettings):
 
     # -- api limits -------------------------------------------------------------------------
     max_body_bytes: int = 1024 * 1024
+    max_batch_body_bytes: int = 16 * 1024 * 1024  # POST /v1/messages/batch: up to 500 messages
     max_recipients: int = 50
     page_size_max: int = 100
 
@@ -80,11 +90,24 @@ class Settings(BaseSettings):
     retry_max_attempts: int = 8
     idempotency_ttl_hours: int = 24
 
+    # -- lanes, batches and rate limits -----------------------------------------------------------
+    bulk_batch_size: int = 100  # message ids per bulk task
+    # The bulk feeder keeps this many batches waiting in the bulk queue, and no more: enough to
+    # keep the bulk workers busy between its runs, few enough that Redis holds no backlog.
+    bulk_queue_target_batches: int = 200
+    # Scopes: provider:<name> (shared by every tenant), lane:<lane> (each tenant's own bucket
+    # in that lane), tenant:<id>:<lane> (one tenant). Rows of the rate_limits table override
+    # these at run time (`mailsvc limits set`); workers re-read them every few seconds.
+    rate_limits: dict[str, RateLimitSpec] = Field(
+        default_factory=lambda: {"provider:ses": RateLimitSpec(per_second=14)}
+    )
+    rate_limit_refresh_seconds: float = 5.0
+
     # -- the outbox: claims, sweeper, dispatcher ---------------------------------------------------
     claim_lease_seconds: int = 120
     sweep_after_seconds: int = 60
     sweep_interval_seconds: float = 30.0
-    dispatch_interval_seconds: float = 5.0
+    dispatch_interval_seconds: float = 2.0
     sweep_batch_size: int = 5000
     task_soft_time_limit_seconds: int = 60
     task_time_limit_seconds: int = 90

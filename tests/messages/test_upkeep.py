@@ -15,6 +15,7 @@ from mailsvc.kit.outbox import Job, outbox_of
 from mailsvc.messages import upkeep
 from mailsvc.models import Message, Tenant
 from mailsvc.worker import queues
+from tests.conftest import TenantFactory
 from tests.factories import queue_messages
 
 
@@ -58,7 +59,7 @@ async def test_dispatcher_publishes_parked_rows_that_are_due(
     assert found[later].enqueued_at is None
     by_queue = {job.queue: sorted(job.kwargs["ids"]) for job in jobs(session)}
     assert by_queue == {
-        queues.BULK: sorted([str(due_queued), str(due_scheduled)]),
+        queues.TRANSACTIONAL: sorted([str(due_queued), str(due_scheduled)]),
         queues.RETRY: [str(due_retry)],
     }
     assert {job.task for job in jobs(session)} == {"messages.send"}
@@ -73,12 +74,46 @@ async def test_dispatcher_leaves_rows_that_are_in_the_broker(
     assert jobs(session) == []
 
 
-async def test_dispatcher_batches_ids_per_job(session: AsyncSession, tenant: Tenant) -> None:
-    ids = await queue_messages(session, tenant, 250)
-    outbox_of(session).discard()
-    await age(session, ids, enqueued_at="NULL")
-    assert await upkeep.dispatch_due(session, limit=1000) == 250
-    assert [len(job.kwargs["ids"]) for job in jobs(session)] == [100, 100, 50]
+async def test_dispatcher_leaves_bulk_to_the_bulk_feeder(
+    session: AsyncSession, tenant: Tenant
+) -> None:
+    await queue_messages(session, tenant, 5, lane=queues.BULK)
+    assert await upkeep.dispatch_due(session, limit=100) == 0
+    assert jobs(session) == []
+
+
+async def test_the_bulk_feeder_hands_over_batches(session: AsyncSession, tenant: Tenant) -> None:
+    await queue_messages(session, tenant, 250, lane=queues.BULK)
+    assert outbox_of(session).pending == []  # bulk waits parked
+    assert await upkeep.feed_bulk(session, room=1000, batch_size=100) == 250
+    assert [(job.queue, len(job.kwargs["ids"])) for job in jobs(session)] == [
+        (queues.BULK, 100),
+        (queues.BULK, 100),
+        (queues.BULK, 50),
+    ]
+    assert await upkeep.feed_bulk(session, room=1000, batch_size=100) == 0
+
+
+async def test_the_bulk_feeder_takes_tenants_in_turn(
+    session: AsyncSession, tenant: Tenant, make_tenant: TenantFactory
+) -> None:
+    """A tenant with a big backlog does not get ahead of a small one: equal shares, interleaved."""
+    big = await queue_messages(session, tenant, 600, lane=queues.BULK)
+    other = await make_tenant()
+    small = await queue_messages(session, other, 150, lane=queues.BULK)
+    fed = await upkeep.feed_bulk(session, room=400, batch_size=100)
+    assert fed == 200 + 150
+    owner = {str(i): "big" for i in big} | {str(i): "small" for i in small}
+    order = [owner[job.kwargs["ids"][0]] for job in jobs(session)]
+    assert order in (["big", "small", "big", "small"], ["small", "big", "small", "big"])
+    sizes = [len(job.kwargs["ids"]) for job in jobs(session)]
+    assert sorted(sizes) == [50, 100, 100, 100]
+
+
+async def test_the_bulk_feeder_respects_not_before(session: AsyncSession, tenant: Tenant) -> None:
+    ids = await queue_messages(session, tenant, 3, lane=queues.BULK)
+    await age(session, ids[:2], not_before="now() + interval '1 minute'")
+    assert await upkeep.feed_bulk(session, room=1000, batch_size=100) == 1
 
 
 async def test_sweeper_releases_expired_leases(session: AsyncSession, tenant: Tenant) -> None:
@@ -126,7 +161,7 @@ async def test_sweeper_parks_enqueued_rows_the_broker_lost(
     await age(session, [old], enqueued_at="now() - interval '120 s'")
 
     report = await upkeep.sweep(
-        session, depths={queues.BULK: 0}, older_than_seconds=60, limit=10, max_attempts=8
+        session, depths={queues.TRANSACTIONAL: 0}, older_than_seconds=60, limit=10, max_attempts=8
     )
 
     assert report.lost == 1
@@ -143,7 +178,11 @@ async def test_sweeper_trusts_a_queue_that_still_holds_messages(
     await age(session, [old], enqueued_at="now() - interval '120 s'")
 
     report = await upkeep.sweep(
-        session, depths={queues.BULK: 5000}, older_than_seconds=60, limit=10, max_attempts=8
+        session,
+        depths={queues.TRANSACTIONAL: 5000},
+        older_than_seconds=60,
+        limit=10,
+        max_attempts=8,
     )
 
     assert report.lost == 0

@@ -22,17 +22,31 @@ class Services:
     beat: ServiceProcess | None
 
 
-@contextmanager
-def worker_and_beat(
-    env: dict[str, str], log_dir: Path, *, beat: bool = True, concurrency: int = 2
-) -> Iterator[Services]:
-    worker = start_service(
-        "worker",
-        ["worker", "--role", "all", "--concurrency", str(concurrency)],
+def start_worker(
+    env: dict[str, str], log_dir: Path, *, role: str = "all", concurrency: int = 2, name: str = ""
+) -> ServiceProcess:
+    return start_service(
+        name or f"worker-{role}",
+        [
+            "worker",
+            "--role",
+            role,
+            "--concurrency",
+            str(concurrency),
+            "--hostname",
+            f"{name or role}@%h",
+        ],
         env=env,
         log_dir=log_dir,
         ready_marker=WORKER_READY,
     )
+
+
+@contextmanager
+def worker_and_beat(
+    env: dict[str, str], log_dir: Path, *, beat: bool = True, concurrency: int = 2
+) -> Iterator[Services]:
+    worker = start_worker(env, log_dir, concurrency=concurrency, name="worker")
     beat_process = None
     try:
         if beat:

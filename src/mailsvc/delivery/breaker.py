@@ -63,6 +63,7 @@ return 0
 
 
 class Breaker(Protocol):
+    async def is_open(self, provider: str) -> bool: ...
     async def allow(self, provider: str) -> bool: ...
     async def record_success(self, provider: str) -> None: ...
     async def record_failure(self, provider: str) -> None: ...
@@ -120,6 +121,16 @@ class RedisCircuitBreaker:
         state = BreakerState(int(failures or 0), float(open_until or 0))
         self._cache[provider] = (now + self.cache_seconds, state)
         return state
+
+    async def is_open(self, provider: str) -> bool:
+        """Open and cooling down (no probe yet): a look at the cached state, with no side effect."""
+        if not self.reachable:
+            return False
+        try:
+            return (await self.state(provider)).status(time.time()) == "open"
+        except RedisError as exc:
+            self._lost(exc)
+            return False
 
     async def allow(self, provider: str) -> bool:
         if not self.reachable:

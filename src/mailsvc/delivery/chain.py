@@ -67,6 +67,15 @@ class ProviderChain:
     def names(self) -> list[str]:
         return [t.name for t in self.transports]
 
+    async def preferred(self) -> str:
+        """The provider the next send will most likely go to: the first whose circuit is not open.
+
+        Rate limits for a batch are taken from it; the rare failover send is not counted."""
+        for transport in self.transports:
+            if self.breaker is None or not await self.breaker.is_open(transport.name):
+                return transport.name
+        return self.transports[0].name
+
     async def send(self, email: OutgoingEmail) -> ChainResult:
         result = ChainResult()
         skipped = []

@@ -58,6 +58,21 @@ async def send_message(
     return accepted.message
 
 
+@router.post(
+    "/batch",
+    status_code=status.HTTP_202_ACCEPTED,
+    operation_id="sendMessageBatch",
+    response_model_by_alias=True,
+)
+async def send_batch(
+    body: schemas.MessageBatchCreate, session: DbSession, principal: SendScope
+) -> schemas.MessageBatch:
+    """Accept up to 500 emails at once, for the bulk lane; if one is invalid, none is accepted."""
+    return schemas.MessageBatch(
+        data=await service.send_batch(session, principal.tenant, body.messages)
+    )
+
+
 @router.get("/{message_id}", operation_id="getMessage", responses=problem_responses(404))
 async def get_message(
     message_id: uuid.UUID, session: DbSession, principal: ReadScope

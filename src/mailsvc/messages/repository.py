@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ARRAY, Integer, Text, bindparam, func, inspect, select, text, update
+from sqlalchemy import ARRAY, Boolean, Integer, Text, bindparam, func, inspect, select, text, update
 from sqlalchemy.dialects.postgresql import TIMESTAMP, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -74,6 +74,7 @@ class Outcome:
     error_code: str | None = None
     error: str | None = None
     not_before: datetime | None = None
+    deferred: bool = False  # not attempted: the rate limit had no token for it
 
 
 @dataclass(frozen=True)
@@ -104,24 +105,27 @@ _RECORD_DELIVERIES = text(
     """
     WITH outcome AS (
         SELECT * FROM unnest(:ids, :attempts, :statuses, :providers, :provider_ids, :codes,
-                             :errors, :not_befores)
+                             :errors, :not_befores, :deferred)
             AS v(id, attempt, status, provider, provider_message_id, error_code, error,
-                 not_before)
+                 not_before, deferred)
     ), updated AS (
+        -- A deferred row (no rate-limit token) was not attempted: it gets its attempt back and
+        -- keeps its last error.
         UPDATE messages AS m
            SET status = v.status,
                sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE m.sent_at END,
                provider = COALESCE(v.provider, m.provider),
                provider_message_id = COALESCE(v.provider_message_id, m.provider_message_id),
-               error_code = v.error_code,
-               error = v.error,
+               error_code = CASE WHEN v.deferred THEN m.error_code ELSE v.error_code END,
+               error = CASE WHEN v.deferred THEN m.error ELSE v.error END,
+               attempt_count = m.attempt_count - CASE WHEN v.deferred THEN 1 ELSE 0 END,
                not_before = COALESCE(v.not_before, m.not_before),
                lease_until = NULL,
                enqueued_at = NULL,
                updated_at = now()
           FROM outcome AS v
          WHERE m.id = v.id AND m.status = 'sending' AND m.attempt_count = v.attempt
-        RETURNING m.id, v.status, v.provider, v.error_code, v.not_before
+        RETURNING m.id, v.status, v.provider, v.error_code, v.not_before, v.deferred
     ), tried AS (
         INSERT INTO attempts (message_id, number, provider, started_at, finished_at, outcome,
                               error_code, error)
@@ -133,6 +137,7 @@ _RECORD_DELIVERIES = text(
                jsonb_strip_nulls(jsonb_build_object('provider', provider, 'error_code', error_code,
                                                     'retry_at', not_before))
           FROM updated
+         WHERE NOT deferred
     )
     SELECT id FROM updated
     """
@@ -145,6 +150,7 @@ _RECORD_DELIVERIES = text(
     bindparam("codes", type_=_TEXTS),
     bindparam("errors", type_=_TEXTS),
     bindparam("not_befores", type_=_TIMES),
+    bindparam("deferred", type_=ARRAY(Boolean)),
     bindparam("attempt_ids", type_=_UUIDS),
     bindparam("numbers", type_=_INTS),
     bindparam("attempt_providers", type_=_TEXTS),
@@ -161,6 +167,7 @@ _DISPATCH_DUE = text(
         SELECT id FROM messages
          WHERE enqueued_at IS NULL
            AND status IN ('scheduled', 'queued', 'retrying')
+           AND NOT (lane = 'bulk' AND status = 'queued')
            AND not_before <= now()
          ORDER BY not_before
          LIMIT :limit
@@ -179,6 +186,45 @@ _DISPATCH_DUE = text(
 # A claim whose lease ran out belonged to a worker that died (or hung past its time limit).
 # The row is tried again, unless that already happened max_attempts times: a message that
 # kills every worker that touches it must stop somewhere.
+# Tenants with parked bulk rows: a loose index scan over ix_messages_bulk_parked, one probe per
+# tenant, however many rows each has waiting.
+_BULK_TENANTS = text(
+    """
+    WITH RECURSIVE waiting AS (
+        (SELECT tenant_id FROM messages
+          WHERE lane = 'bulk' AND status = 'queued' AND enqueued_at IS NULL
+          ORDER BY tenant_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT m.tenant_id FROM messages AS m
+                 WHERE m.lane = 'bulk' AND m.status = 'queued' AND m.enqueued_at IS NULL
+                   AND m.tenant_id > waiting.tenant_id
+                 ORDER BY m.tenant_id LIMIT 1)
+          FROM waiting
+         WHERE waiting.tenant_id IS NOT NULL
+    )
+    SELECT tenant_id FROM waiting WHERE tenant_id IS NOT NULL
+    """
+)
+
+# Up to quota due bulk rows from each tenant, oldest first, marked as handed over.
+_TAKE_BULK = text(
+    """
+    UPDATE messages AS m
+       SET enqueued_at = now(), updated_at = now()
+      FROM (SELECT picked.id
+              FROM unnest(:tenants, :quotas) AS t(tenant_id, quota)
+             CROSS JOIN LATERAL (
+                   SELECT id FROM messages
+                    WHERE tenant_id = t.tenant_id AND lane = 'bulk' AND status = 'queued'
+                      AND enqueued_at IS NULL AND not_before <= now()
+                    ORDER BY not_before
+                    LIMIT t.quota
+                      FOR UPDATE SKIP LOCKED) AS picked) AS taken
+     WHERE m.id = taken.id
+    RETURNING m.id, m.tenant_id, m.not_before
+    """
+).bindparams(bindparam("tenants", type_=_UUIDS), bindparam("quotas", type_=_INTS))
+
 _RELEASE_EXPIRED_LEASES = text(
     """
     WITH expired AS (
@@ -327,6 +373,17 @@ class MessageRepository:
         result = await self.session.execute(_DISPATCH_DUE, {"limit": limit})
         return [Parked(id=row.id, lane=row.lane, status=row.status) for row in result]
 
+    async def bulk_tenants_waiting(self) -> list[uuid.UUID]:
+        return list((await self.session.execute(_BULK_TENANTS)).scalars())
+
+    async def take_bulk(self, quotas: Mapping[uuid.UUID, int]) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """(message id, tenant id) of the rows taken, oldest first within each tenant."""
+        result = await self.session.execute(
+            _TAKE_BULK, {"tenants": list(quotas), "quotas": list(quotas.values())}
+        )
+        rows = sorted(result, key=lambda row: (row.not_before, row.id))
+        return [(row.id, row.tenant_id) for row in rows]
+
     async def release_expired_leases(self, *, limit: int, max_attempts: int) -> list[Parked]:
         result = await self.session.execute(
             _RELEASE_EXPIRED_LEASES, {"limit": limit, "max_attempts": max_attempts}
@@ -410,6 +467,7 @@ class DeliveryRepository:
                 "codes": [o.error_code for o in outcomes],
                 "errors": [o.error for o in outcomes],
                 "not_befores": [o.not_before for o in outcomes],
+                "deferred": [o.deferred for o in outcomes],
                 "attempt_ids": [a.message_id for a in attempts],
                 "numbers": [a.number for a in attempts],
                 "attempt_providers": [a.provider for a in attempts],

@@ -133,6 +133,14 @@ class MessageCreate(BaseModel):
         return len(self.to) + len(self.cc) + len(self.bcc)
 
 
+class MessageBatchCreate(BaseModel):
+    """Up to 500 emails in one request: all are accepted, or none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: Annotated[list[MessageCreate], Field(min_length=1, max_length=500)]
+
+
 class Attempt(BaseModel):
     number: int
     provider: str
@@ -175,6 +183,10 @@ class Message(BaseModel):
     error: str | None
     attempts: list[Attempt]
     events: list[Event]
+
+
+class MessageBatch(BaseModel):
+    data: list[Message]
 
 
 class MessagePage(BaseModel):

@@ -26,6 +26,7 @@ from mailsvc.delivery.retry import RetryPolicy
 from mailsvc.kit.time import utcnow
 from mailsvc.messages.repository import AttemptRecord, ClaimedMessage, DeliveryRepository, Outcome
 from mailsvc.metrics import MESSAGES_FAILED, MESSAGES_SENT
+from mailsvc.ratelimit.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class DeliveryReport:
     sent: int = 0
     failed: int = 0
     retrying: int = 0
+    deferred: int = 0  # no rate-limit token yet: parked, not attempted
     stale: int = 0
     outcomes: list[Outcome] = field(default_factory=list)
 
@@ -139,6 +141,17 @@ RECORD_EVERY = 20
 RECORD_INTERVAL_SECONDS = 0.2
 
 
+def _deferred(message: ClaimedMessage, wait_seconds: float) -> Outcome:
+    """No token for it yet: back where it was, parked until its slot."""
+    return Outcome(
+        message_id=message.id,
+        attempt=message.attempt,
+        status="queued" if message.attempt == 1 else "retrying",
+        not_before=utcnow() + timedelta(seconds=wait_seconds),
+        deferred=True,
+    )
+
+
 async def deliver(
     database: Database,
     chain: ProviderChain,
@@ -146,6 +159,7 @@ async def deliver(
     ids: Sequence[uuid.UUID],
     *,
     lease_seconds: int,
+    throttle: Throttle | None = None,
 ) -> DeliveryReport:
     report = DeliveryReport()
     outcomes: list[Outcome] = []
@@ -157,9 +171,22 @@ async def deliver(
         report.claimed = len(claimed)
         if not claimed:
             return report
+        if throttle is not None:
+            # A batch takes the tokens it can; the rest are parked at their slots at once, so no
+            # worker waits holding them.
+            admission = await throttle.admit(
+                claimed, key=lambda m: (m.tenant_id, m.lane), provider=await chain.preferred()
+            )
+            claimed = admission.admitted
+            if admission.deferred:
+                deferred = [_deferred(message, wait) for message, wait in admission.deferred]
+                await repo.record(deferred, [])
+                report.deferred = len(deferred)
         # Outcomes are written as sends complete, a few at a time: a worker that dies mid-batch
         # leaves unrecorded (and so sent again) only what was in flight, not the whole batch.
         sends = [asyncio.ensure_future(_attempt(chain, policy, m)) for m in claimed]
+        if not sends:
+            return report
         unwritten: list[Outcome] = []
         unwritten_attempts: list[AttemptRecord] = []
         last_write = time.monotonic()

@@ -97,7 +97,7 @@ def build_message(
         # not_before is left to the database's now(): the claim compares it with the database
         # clock, and an API host whose clock runs ahead would otherwise strand the row.
         lease_until=None,
-        enqueued_at=now,
+        enqueued_at=now if queues.published_at_once(lane) else None,
         attempt_count=0,
         message_id_header=f"<{message_id.hex}@{domain}>",
         created_at=now,
@@ -121,10 +121,10 @@ async def accept_messages(
     await session.flush()
     by_queue: dict[str, list[str]] = defaultdict(list)
     for message in messages:
+        MESSAGES_ACCEPTED.labels(message.lane).inc()
         if message.enqueued_at is not None:
             by_queue[queues.queue_for(message.lane, message.status)].append(str(message.id))
     for queue, ids in by_queue.items():
-        MESSAGES_ACCEPTED.labels(queue).inc(len(ids))
         for start in range(0, len(ids), batch_size):
             enqueue(session, SEND_TASK, queue=queue, ids=ids[start : start + batch_size])
 
@@ -148,7 +148,7 @@ async def send_message(
     *,
     idempotency_key: str | None = None,
 ) -> Accepted:
-    message = build_message(tenant, body, lane=queues.TRANSACTIONAL)
+    message = build_message(tenant, body, lane=queues.lane_for(body.priority))
     if idempotency_key is not None:
         message.idempotency_key = idempotency_key
         message.request_hash = request_hash(body)
@@ -186,6 +186,36 @@ async def _insert_unless_key_taken(
             return earlier
         await repo.release_idempotency_key(earlier.id)
     raise Conflict("the Idempotency-Key is contended; try again")
+
+
+async def send_batch(
+    session: AsyncSession, tenant: TenantInfo, bodies: Sequence[schemas.MessageCreate]
+) -> list[schemas.Message]:
+    """All or nothing: every message is checked before any is stored, and every error listed."""
+    messages: list[Message] = []
+    errors: list[FieldError] = []
+    for index, body in enumerate(bodies):
+        try:
+            messages.append(
+                build_message(
+                    tenant,
+                    body,
+                    lane=queues.lane_for(body.priority, batch=True),
+                    loc=("body", "messages", index),
+                )
+            )
+        except ValidationFailed as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise ValidationFailed(
+            f"{len(errors)} of {len(bodies)} messages are invalid; none was accepted",
+            errors=errors,
+        )
+    await accept_messages(session, messages, batch_size=settings.bulk_batch_size)
+    return [
+        present(m, attempts=[], events=[schemas.Event(type="accepted", at=m.created_at, detail={})])
+        for m in messages
+    ]
 
 
 async def get_message(

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from celery import Task
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.config import settings
 from mailsvc.kit.logging import log_context
@@ -27,6 +28,7 @@ def send(self: Task, ids: list[str]) -> dict[str, int]:
                 runtime.policy,
                 [uuid.UUID(i) for i in ids],
                 lease_seconds=settings.claim_lease_seconds,
+                throttle=runtime.throttle,
             )
         )
     return {
@@ -34,6 +36,7 @@ def send(self: Task, ids: list[str]) -> dict[str, int]:
         "sent": report.sent,
         "failed": report.failed,
         "retrying": report.retrying,
+        "deferred": report.deferred,
         "stale": report.stale,
     }
 
@@ -53,10 +56,41 @@ def _dispatch_rounds(runtime: bridge.Runtime) -> int:
     return total
 
 
+def _feed_bulk(runtime: bridge.Runtime) -> int:
+    """Keep the bulk queue holding about `bulk_queue_target_batches`, at the pace of the limits.
+
+    Each run releases at most what the preferred provider's limit (and each tenant's bulk
+    limit) lets through until the next run, so a rate-limited backlog is not claimed only to be
+    parked again.
+    """
+    batch_size = settings.bulk_batch_size
+    waiting = queue_depths([queues.BULK])[queues.BULK] * batch_size
+    room = settings.bulk_queue_target_batches * batch_size - waiting
+    pace = settings.dispatch_interval_seconds
+    limits = runtime.throttle.limits
+
+    async def feed(session: AsyncSession) -> int:
+        allowed = room
+        provider_rate = await limits.provider_rate(await runtime.chain.preferred())
+        if provider_rate is not None:
+            allowed = min(allowed, int(provider_rate * pace) - waiting)
+
+        async def tenant_budget(tenant_id: uuid.UUID) -> int | None:
+            rate = await limits.tenant_rate(tenant_id, queues.BULK)
+            return None if rate is None else max(1, int(rate * pace))
+
+        return await upkeep.feed_bulk(
+            session, room=allowed, batch_size=batch_size, tenant_budget=tenant_budget
+        )
+
+    return runtime.run(runtime.in_transaction(feed))
+
+
 @celery_app.task(name="messages.dispatch_due")
-def dispatch_due() -> int:
-    """Publish parked messages whose time has come."""
-    return _dispatch_rounds(bridge.runtime())
+def dispatch_due() -> dict[str, int]:
+    """Publish parked messages whose time has come, and keep the bulk queue topped up."""
+    runtime = bridge.runtime()
+    return {"due": _dispatch_rounds(runtime), "bulk": _feed_bulk(runtime)}
 
 
 @celery_app.task(name="messages.sweep")

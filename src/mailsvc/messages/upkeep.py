@@ -8,10 +8,12 @@ rows older than a threshold while their queue is empty (the broker lost them, or
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from itertools import zip_longest
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,6 +42,52 @@ async def dispatch_due(session: AsyncSession, *, limit: int) -> int:
         for start in range(0, len(ids), size):
             enqueue(session, SEND_TASK, queue=queue, ids=ids[start : start + size])
     return len(parked)
+
+
+TenantBudget = Callable[[uuid.UUID], Awaitable[int | None]]
+
+
+async def feed_bulk(
+    session: AsyncSession,
+    *,
+    room: int,
+    batch_size: int,
+    tenant_budget: TenantBudget | None = None,
+) -> int:
+    """Hand up to `room` parked bulk messages to the bulk queue, in turn across tenants.
+
+    Every tenant with rows waiting gets an equal share of the room (less, when its own rate
+    limit allows less), and the jobs are published interleaved (A, B, C, A, B, C…): one
+    tenant's million messages cannot get ahead of another tenant's hundred, and the queue holds
+    a few seconds of work, never the whole backlog.
+    """
+    if room <= 0:
+        return 0
+    repo = MessageRepository(session)
+    tenants = await repo.bulk_tenants_waiting()
+    if not tenants:
+        return 0
+    share = max(batch_size, room // len(tenants))
+    quotas = {}
+    for tenant_id in tenants:
+        budget = await tenant_budget(tenant_id) if tenant_budget is not None else None
+        quotas[tenant_id] = share if budget is None else min(share, budget)
+    quotas = {tenant_id: quota for tenant_id, quota in quotas.items() if quota > 0}
+    if not quotas:
+        return 0
+    per_tenant_ids: dict[uuid.UUID, list[str]] = defaultdict(list)
+    taken = await repo.take_bulk(quotas)
+    for message_id, tenant_id in taken:
+        per_tenant_ids[tenant_id].append(str(message_id))
+    batches = [
+        [ids[start : start + batch_size] for start in range(0, len(ids), batch_size)]
+        for ids in per_tenant_ids.values()
+    ]
+    for round_of_batches in zip_longest(*batches):
+        for ids in round_of_batches:
+            if ids:
+                enqueue(session, SEND_TASK, queue=queues.BULK, ids=ids)
+    return len(taken)
 
 
 @dataclass(frozen=True)

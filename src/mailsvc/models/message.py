@@ -62,13 +62,21 @@ class Message(Base):
             "created_at",
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
-        # The dispatcher: parked rows (not in the broker) that are due.
+        # The dispatcher: parked rows (not in the broker) that are due, but bulk waiting its turn.
         Index(
             "ix_messages_due",
             "not_before",
             postgresql_where=text(
-                "enqueued_at IS NULL AND status IN ('scheduled', 'queued', 'retrying')"
+                "enqueued_at IS NULL AND status IN ('scheduled', 'queued', 'retrying') "
+                "AND NOT (lane = 'bulk' AND status = 'queued')"
             ),
+        ),
+        # The bulk feeder: parked bulk rows per tenant, taken in turn across tenants.
+        Index(
+            "ix_messages_bulk_parked",
+            "tenant_id",
+            "not_before",
+            postgresql_where=text("lane = 'bulk' AND status = 'queued' AND enqueued_at IS NULL"),
         ),
         # The sweeper: rows handed to the broker that may have been lost with it.
         Index(

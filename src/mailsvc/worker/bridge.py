@@ -17,12 +17,16 @@ import redis.asyncio as aioredis
 from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailsvc.config import Settings, settings
+from mailsvc.config import RateLimitSpec, Settings, settings
 from mailsvc.db import Database
 from mailsvc.delivery.breaker import RedisCircuitBreaker, breaker_redis
 from mailsvc.delivery.chain import ProviderChain, configured_transports
 from mailsvc.delivery.retry import RetryPolicy
 from mailsvc.kit.outbox import outbox_of
+from mailsvc.ratelimit.limiter import RateLimiter
+from mailsvc.ratelimit.policy import RateLimits
+from mailsvc.ratelimit.repository import RateLimitRepository
+from mailsvc.ratelimit.throttle import Throttle
 from mailsvc.worker.publish import publish_jobs
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,7 @@ class Runtime:
     redis: aioredis.Redis
     chain: ProviderChain
     policy: RetryPolicy
+    throttle: Throttle
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coroutine)
@@ -90,12 +95,26 @@ def start() -> Runtime:
             cooldown_seconds=settings.breaker_cooldown_seconds,
             cache_seconds=settings.breaker_cache_seconds,
         )
+        database = Database.from_url(settings.async_database_url, pool_size=4)
+
+        async def load_limits() -> dict[str, RateLimitSpec]:
+            async with database.sessionmaker() as session:
+                return await RateLimitRepository(session).all()
+
         _runtime = Runtime(
             loop=loop,
-            database=Database.from_url(settings.async_database_url, pool_size=4),
+            database=database,
             redis=redis,
             chain=ProviderChain(configured_transports(settings), breaker),
             policy=retry_policy(settings),
+            throttle=Throttle(
+                RateLimiter(redis),
+                RateLimits(
+                    settings.rate_limits,
+                    load_limits,
+                    refresh_seconds=settings.rate_limit_refresh_seconds,
+                ),
+            ),
         )
     return _runtime
 

@@ -24,6 +24,16 @@ ROLES: Final[dict[str, tuple[str, ...]]] = {
 }
 
 
+def lane_for(priority: str, *, batch: bool = False) -> str:
+    """High priority single sends are transactional; normal, low and batch sends are bulk."""
+    return TRANSACTIONAL if priority == "high" and not batch else BULK
+
+
+def published_at_once(lane: str) -> bool:
+    """Bulk waits parked for the bulk feeder, which takes tenants in turn; the rest go now."""
+    return lane != BULK
+
+
 def queue_for(lane: str, status: str) -> str:
     """The queue a send job for a message goes on."""
     return RETRY if status == "retrying" else lane
