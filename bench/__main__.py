@@ -49,7 +49,7 @@ def _end_to_end(stack: Stack, sink: Sink, messages: int, folder: Path, trials: i
         jobs = asyncio.run(throughput.stage_messages(stack, messages, batch_size=100))
         ours_runs.append(throughput.mailsvc_throughput(sink, jobs, messages))
         print(f"end to end into {sink.name}, trial {trial}: naive baseline …", flush=True)
-        naive_runs.append(throughput.naive_throughput(stack, sink, messages, folder))
+        naive_runs.append(throughput.naive_throughput(stack.redis_url, sink, messages, folder))
     ours, naive = _median(ours_runs), _median(naive_runs)
     rows = [
         (

@@ -16,9 +16,6 @@ import asyncio
 import json
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -30,6 +27,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench.processes import Process
 from mailsvc.auth.service import ensure_tenant, token_for_tenant
 from mailsvc.config import Settings
 from mailsvc.db import run_in_session, upgrade_database
@@ -92,45 +90,6 @@ class ChaosReport:
             ("requests the primary failed during its outage", f"{self.primary_failed_requests:,}"),
             ("load / settle time", f"{self.load_seconds:.0f} s / {self.settle_seconds:.0f} s"),
         ]
-
-
-class Process:
-    def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
-        self.name, self.args, self.env, self.logs = name, args, env, logs
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self.being_killed = False
-
-    def start(self) -> None:
-        self.being_killed = False
-        self.starts += 1
-        log = (self.logs / f"{self.name}.{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", *self.args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None:
-            self.being_killed = True
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.alive:
-            self.kill(signal.SIGTERM)
-        self.kill(signal.SIGKILL)
 
 
 def _env(

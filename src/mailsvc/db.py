@@ -43,13 +43,18 @@ class Database:
         self._outer = outer
 
     @classmethod
-    def from_url(cls, url: str, *, pool_size: int | None = None) -> Database:
+    def from_url(
+        cls, url: str, *, pool_size: int | None = None, synchronous_commit: bool = True
+    ) -> Database:
         engine = create_async_engine(
             url,
             pool_size=pool_size or settings.db_pool_size,
             max_overflow=pool_size or settings.db_pool_size,
             pool_pre_ping=True,
             pool_recycle=1800,
+            connect_args=(
+                {} if synchronous_commit else {"server_settings": {"synchronous_commit": "off"}}
+            ),
         )
         return cls(engine, async_sessionmaker(engine, expire_on_commit=False))
 

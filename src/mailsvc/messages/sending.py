@@ -137,7 +137,7 @@ async def _attempt(
     return _outcome(message, result, policy), [_record(message, t) for t in result.tries]
 
 
-RECORD_EVERY = 20
+RECORD_EVERY = 50
 RECORD_INTERVAL_SECONDS = 0.2
 
 

@@ -95,7 +95,12 @@ def start() -> Runtime:
             cooldown_seconds=settings.breaker_cooldown_seconds,
             cache_seconds=settings.breaker_cache_seconds,
         )
-        database = Database.from_url(settings.async_database_url, pool_size=4)
+        # Workers commit without waiting for the WAL flush: a PostgreSQL crash could lose the
+        # last few hundred milliseconds of claims and outcomes, which can only send a message
+        # twice (the documented window), never lose one. The API's accepts stay synchronous.
+        database = Database.from_url(
+            settings.async_database_url, pool_size=4, synchronous_commit=False
+        )
 
         async def load_limits() -> dict[str, RateLimitSpec]:
             async with database.sessionmaker() as session:
