@@ -5,6 +5,11 @@
    messages beside the naive one-task-per-email baseline.
 2. When Postfix's smtp-sink is installed: the same stack relaying to smtp-sink, and the same
    end-to-end pair, so the sink is not what is measured.
+3. Building MIME on one core: `email.message.EmailMessage`, `email.mime` and mailsvc's builder
+   (bench.mime).
+4. Lanes (bench.lanes, needs smtp-sink): transactional latency while 200,000 bulk messages
+   drain, bulk throughput beside the raw ceiling and the naive baseline, and the accuracy of a
+   global 6,000/min limit across 4 worker processes. `--skip-lanes` leaves it out (~9 min).
 
 Prints a table and writes it to bench/results/. Figures depend on the machine: the README
 records those of the 2-core reference machine with the command that made them.
@@ -21,7 +26,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import accept, throughput
+from bench import accept, lanes, mime, throughput
 from bench.sinks import CaptureSink, PostfixSmtpSink, Sink, wait_for
 from bench.stack import Stack, start_stack
 from mailsvc.config import settings
@@ -97,6 +102,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--trials", type=int, default=5, help="end-to-end runs; median kept")
+    parser.add_argument("--skip-lanes", action="store_true", help="leave out bench.lanes")
     args = parser.parse_args()
 
     rows: list[Row] = []
@@ -124,6 +130,20 @@ def main() -> None:
                 sink.stop()
         else:
             rows.append(("smtp-sink runs", "skipped", "install Debian's postfix for smtp-sink"))
+
+    print("building MIME on one core …", flush=True)
+    rows += [
+        (
+            f"MIME build, {r.name}, one core",
+            f"{r.msgs_per_second:,.0f} msgs/s",
+            f"{r.us_per_message:.1f} µs/message; parsed back: "
+            + ("ok" if r.ok else f"FAILED {r.problem}"),
+        )
+        for r in mime.run_mime_bench(iterations=5000, repeats=3)
+    ]
+    if not args.skip_lanes and PostfixSmtpSink.available():
+        print("lanes: latency under bulk load, throughput, rate-limit accuracy …", flush=True)
+        rows += lanes.run(lanes.parser().parse_args([]))
 
     header = (
         f"mailsvc bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
