@@ -6,20 +6,11 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailsvc.auth.service import TenantInfo
+from mailsvc.auth.service import tenant_info
 from mailsvc.messages import service
 from mailsvc.messages.schemas import MessageCreate
 from mailsvc.models import Tenant
 from mailsvc.worker import queues
-
-
-def tenant_info(tenant: Tenant) -> TenantInfo:
-    return TenantInfo(
-        id=tenant.id,
-        name=tenant.name,
-        allowed_domains=frozenset(tenant.allowed_domains),
-        default_sender=tenant.default_sender,
-    )
 
 
 async def queue_messages(

@@ -18,12 +18,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mailsvc import __version__
 from mailsvc.auth.service import TenantCache
 from mailsvc.config import settings
+from mailsvc.contacts.endpoints import router as contacts_router
 from mailsvc.db import Database
 from mailsvc.errors import MailsvcError, Problem, problem, problem_responses
+from mailsvc.events.endpoints import router as events_router
 from mailsvc.kit.outbox import Publisher
 from mailsvc.messages.endpoints import router as messages_router
 from mailsvc.metrics import RequestMetrics
 from mailsvc.ops.endpoints import router as ops_router
+from mailsvc.schedules.endpoints import router as schedules_router
+from mailsvc.templates.endpoints import router as templates_router
 from mailsvc.worker.publish import CoalescingPublisher
 
 log = logging.getLogger(__name__)
@@ -160,6 +164,10 @@ def create_app(*, database: Database | None = None, publish: Publisher | None = 
     _install_error_handlers(app)
     for router, errors in (
         (messages_router, problem_responses(401, 403, 413, 422)),
+        (events_router, problem_responses(401, 403, 413, 422)),
+        (contacts_router, problem_responses(401, 403, 404, 422)),
+        (templates_router, problem_responses(401, 403, 404, 422)),
+        (schedules_router, problem_responses(401, 403, 404, 422)),
         (ops_router, {}),
     ):
         _summaries_from_docstrings(router)

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     jwt_audience: str = "mailsvc"
     jwt_issuer: str = "mailsvc"
     jwt_leeway_seconds: int = 30
+    # Signs the links templates put in email (account confirmation); the JWT secret if unset.
+    link_secret: SecretStr | None = None
+    link_ttl_hours: int = 48
 
     # -- api limits -------------------------------------------------------------------------
     max_body_bytes: int = 1024 * 1024
@@ -109,6 +112,7 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = 30.0
     dispatch_interval_seconds: float = 2.0
     sweep_batch_size: int = 5000
+    beat_lock_seconds: float = 30.0  # the single beat's lease in Redis; a standby takes over after
     task_soft_time_limit_seconds: int = 60
     task_time_limit_seconds: int = 90
     broker_visibility_timeout_seconds: int = 300

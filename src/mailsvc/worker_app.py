@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import mailsvc.messages.tasks  # noqa: F401
+import mailsvc.messages.tasks
+import mailsvc.schedules.tasks  # noqa: F401
 from mailsvc.worker import bridge  # noqa: F401  (connects the process init/shutdown signals)
 from mailsvc.worker.app import celery_app
 

@@ -240,7 +240,9 @@ async def test_sender_outside_tenant_domains(client: httpx.AsyncClient, tenant: 
 async def test_needs_text_or_html(client: httpx.AsyncClient, tenant: Tenant) -> None:
     response = await post(client, tenant, {"to": ["a@example.net"], "subject": "x"})
     assert response.status_code == 422
-    assert response.json()["errors"] == [{"loc": ["body"], "msg": "give text, html or both"}]
+    assert response.json()["errors"] == [
+        {"loc": ["body"], "msg": "give text, html or both, or a template"}
+    ]
 
 
 async def test_nothing_is_stored_or_sent_on_422(

@@ -12,6 +12,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailsvc.auth.service import tenant_info
 from mailsvc.db import Database
 from mailsvc.delivery.chain import ProviderChain
 from mailsvc.delivery.errors import PermanentDeliveryError
@@ -19,9 +20,10 @@ from mailsvc.delivery.message import OutgoingEmail
 from mailsvc.delivery.retry import RetryPolicy
 from mailsvc.delivery.smtp import SmtpConfig, SmtpTransport
 from mailsvc.delivery.transport import Accepted
-from mailsvc.messages import sending
+from mailsvc.messages import schemas, sending
 from mailsvc.messages.repository import DeliveryRepository, Outcome
-from mailsvc.models import Attempt, Message, MessageEvent, Tenant
+from mailsvc.messages.service import accept_messages, templated_message
+from mailsvc.models import Attempt, Message, MessageEvent, Template, Tenant
 from tests.factories import queue_messages
 
 
@@ -186,3 +188,72 @@ async def test_concurrent_claims_split_the_rows(
     first, second = await asyncio.gather(claim(), claim())
     assert first.isdisjoint(second)
     assert first | second == set(ids)
+
+
+async def test_the_worker_renders_templated_messages_and_fails_those_that_cannot_render(
+    database: Database,
+    session: AsyncSession,
+    tenant: Tenant,
+    smtp_sink: tuple[Controller, Path],
+) -> None:
+    """A recurring job leaves its messages unrendered: the worker renders each one as it sends,
+    keeps the subject on the row, and fails (permanently, recorded) one that cannot render."""
+    controller, outbox = smtp_sink
+    session.add(
+        Template(
+            tenant_id=tenant.id,
+            name="welcome",
+            subject="Hi {{ contact.attributes.nickname }}",
+            text_body="Welcome aboard.",
+            html_body=None,
+            transactional=True,
+            version=1,
+        )
+    )
+    info = tenant_info(tenant)
+    good = templated_message(
+        info,
+        template="birthday",
+        to=schemas.Address(email="ada@example.net", name="Ada"),
+        variables={"contact": {"email": "ada@example.net", "name": "Ada", "attributes": {}}},
+        lane="scheduled",
+    )
+    bad = templated_message(
+        info,
+        template="welcome",
+        to=schemas.Address(email="bob@example.net"),
+        variables={"contact": {"email": "bob@example.net", "name": None, "attributes": {}}},
+        lane="scheduled",
+    )
+    await accept_messages(session, [good, bad])
+    await session.commit()
+    transport = smtp(controller)
+    report = await sending.deliver(database, transport, POLICY, [good.id, bad.id], lease_seconds=60)
+    await transport.close()
+
+    assert (report.claimed, report.sent, report.failed) == (2, 1, 1)
+    [eml] = outbox.glob("*.eml")
+    sent = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    rows = {
+        r.id: r
+        for r in (
+            await session.execute(
+                select(Message)
+                .where(Message.id.in_([good.id, bad.id]))
+                .execution_options(populate_existing=True)
+            )
+        ).scalars()
+    }
+    assert rows[good.id].status == "sent"
+    assert rows[good.id].subject == sent["Subject"]
+    assert "Ada" in sent.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert (rows[bad.id].status, rows[bad.id].error_code, rows[bad.id].subject) == (
+        "failed",
+        "template_error",
+        None,
+    )
+    assert "nickname" in (rows[bad.id].error or "")
+    attempts = (
+        await session.execute(select(Attempt).where(Attempt.message_id == bad.id))
+    ).scalars()
+    assert [(a.provider, a.outcome) for a in attempts] == [("render", "permanent_error")]

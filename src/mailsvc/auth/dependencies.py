@@ -60,3 +60,7 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
 
 SendScope = Annotated[Principal, Depends(require(scopes.MESSAGES_SEND))]
 ReadScope = Annotated[Principal, Depends(require(scopes.MESSAGES_READ))]
+ContactsWriteScope = Annotated[Principal, Depends(require(scopes.CONTACTS_WRITE))]
+ContactsReadScope = Annotated[Principal, Depends(require(scopes.CONTACTS_READ))]
+TemplatesWriteScope = Annotated[Principal, Depends(require(scopes.TEMPLATES_WRITE))]
+AdminScope = Annotated[Principal, Depends(require(scopes.ADMIN))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,6 +17,10 @@ class TenantRepository:
 
     async def get(self, tenant_id: uuid.UUID) -> Tenant | None:
         return await self.session.get(Tenant, tenant_id)
+
+    async def get_many(self, tenant_ids: Collection[uuid.UUID]) -> list[Tenant]:
+        result = await self.session.execute(select(Tenant).where(Tenant.id.in_(list(tenant_ids))))
+        return list(result.scalars())
 
     async def get_by_name(self, name: str) -> Tenant | None:
         result = await self.session.execute(select(Tenant).where(Tenant.name == name))

@@ -89,15 +89,23 @@ class TenantCache:
         if hit is not None and hit[0] > now:
             return hit[1]
         tenant = await TenantRepository(session).get(tenant_id)
-        info = (
-            None
-            if tenant is None
-            else TenantInfo(
-                id=tenant.id,
-                name=tenant.name,
-                allowed_domains=frozenset(tenant.allowed_domains),
-                default_sender=tenant.default_sender,
-            )
-        )
+        info = None if tenant is None else tenant_info(tenant)
         self._entries[tenant_id] = (now + self.ttl, info)
         return info
+
+
+def tenant_info(tenant: Tenant) -> TenantInfo:
+    return TenantInfo(
+        id=tenant.id,
+        name=tenant.name,
+        allowed_domains=frozenset(tenant.allowed_domains),
+        default_sender=tenant.default_sender,
+    )
+
+
+async def tenant_infos(
+    session: AsyncSession, tenant_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, TenantInfo]:
+    """What jobs need to know about many tenants, in one query."""
+    tenants = await TenantRepository(session).get_many(set(tenant_ids))
+    return {t.id: tenant_info(t) for t in tenants}

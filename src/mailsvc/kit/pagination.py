@@ -6,6 +6,8 @@ import base64
 import binascii
 import uuid
 
+from mailsvc.errors import FieldError, ValidationFailed
+
 
 class InvalidCursor(ValueError):
     pass
@@ -21,3 +23,13 @@ def decode_cursor(cursor: str) -> uuid.UUID:
         return uuid.UUID(bytes=raw)
     except (binascii.Error, ValueError) as exc:
         raise InvalidCursor("cursor is not one this API issued") from exc
+
+
+def cursor_query(cursor: str | None) -> uuid.UUID | None:
+    """The `cursor` query parameter as the id to continue before; a 422 naming it if forged."""
+    try:
+        return decode_cursor(cursor) if cursor else None
+    except InvalidCursor as exc:
+        raise ValidationFailed(
+            str(exc), errors=[FieldError(("query", "cursor"), str(exc))]
+        ) from exc

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 from mailsvc.auth.dependencies import ReadScope, SendScope
 from mailsvc.db import DbSession
-from mailsvc.errors import FieldError, ValidationFailed, problem_responses
-from mailsvc.kit.pagination import InvalidCursor, decode_cursor
+from mailsvc.errors import problem_responses
+from mailsvc.kit.pagination import cursor_query
 from mailsvc.messages import schemas, service
 from mailsvc.messages.repository import ListFilters
 from mailsvc.models import MessageStatus
@@ -81,6 +81,19 @@ async def get_message(
     return await service.get_message(session, principal.tenant, message_id)
 
 
+@router.post(
+    "/{message_id}/cancel",
+    operation_id="cancelMessage",
+    response_model_by_alias=True,
+    responses=problem_responses(404, 409),
+)
+async def cancel_message(
+    message_id: uuid.UUID, session: DbSession, principal: SendScope
+) -> schemas.Message:
+    """Cancel a scheduled, queued or retrying message before a worker takes it."""
+    return await service.cancel_message(session, principal.tenant, message_id)
+
+
 @router.get("", operation_id="listMessages")
 async def list_messages(
     session: DbSession,
@@ -92,12 +105,7 @@ async def list_messages(
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> schemas.MessagePage:
     """Messages, newest first, a page at a time."""
-    try:
-        before = decode_cursor(cursor) if cursor else None
-    except InvalidCursor as exc:
-        raise ValidationFailed(
-            str(exc), errors=[FieldError(("query", "cursor"), str(exc))]
-        ) from exc
+    before = cursor_query(cursor)
     filters = ListFilters(status=status.value if status else None, tag=tag, to=to)
     return await service.list_messages(
         session, principal.tenant, filters, before=before, limit=limit

@@ -41,13 +41,15 @@ class ClaimedMessage:
     cc: list[dict[str, Any]]
     bcc: list[dict[str, Any]]
     reply_to: dict[str, Any] | None
-    subject: str
+    subject: str | None  # None: not rendered yet; the worker renders `template` with `variables`
     text_body: str | None
     html_body: str | None
     headers: dict[str, str]
     tags: list[str]
     message_id_header: str
     created_at: datetime
+    template: str | None = None
+    variables: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class Outcome:
     error: str | None = None
     not_before: datetime | None = None
     deferred: bool = False  # not attempted: the rate limit had no token for it
+    subject: str | None = None  # rendered by the worker: stored so the message shows it
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class Parked:
     id: uuid.UUID
     lane: str
     status: str
+    template: str | None = None
 
 
 _CLAIM = text(
@@ -95,7 +99,9 @@ _CLAIM = text(
        AND ((status IN ('queued', 'retrying') AND not_before <= now())
             OR (status = 'sending' AND lease_until < now()))
     RETURNING id, tenant_id, attempt_count, lane, sender, "to", cc, bcc, reply_to, subject,
-              text_body, html_body, headers, tags, message_id_header, created_at
+              text_body, html_body, headers, tags, message_id_header, created_at,
+              CASE WHEN subject IS NULL THEN template END AS template,
+              CASE WHEN subject IS NULL THEN variables END AS variables
     """
 ).bindparams(bindparam("ids", type_=_UUIDS))
 
@@ -105,9 +111,9 @@ _RECORD_DELIVERIES = text(
     """
     WITH outcome AS (
         SELECT * FROM unnest(:ids, :attempts, :statuses, :providers, :provider_ids, :codes,
-                             :errors, :not_befores, :deferred)
+                             :errors, :not_befores, :deferred, :subjects)
             AS v(id, attempt, status, provider, provider_message_id, error_code, error,
-                 not_before, deferred)
+                 not_before, deferred, subject)
     ), updated AS (
         -- A deferred row (no rate-limit token) was not attempted: it gets its attempt back and
         -- keeps its last error.
@@ -120,12 +126,20 @@ _RECORD_DELIVERIES = text(
                error = CASE WHEN v.deferred THEN m.error ELSE v.error END,
                attempt_count = m.attempt_count - CASE WHEN v.deferred THEN 1 ELSE 0 END,
                not_before = COALESCE(v.not_before, m.not_before),
+               subject = COALESCE(m.subject, v.subject),
                lease_until = NULL,
                enqueued_at = NULL,
                updated_at = now()
           FROM outcome AS v
          WHERE m.id = v.id AND m.status = 'sending' AND m.attempt_count = v.attempt
         RETURNING m.id, v.status, v.provider, v.error_code, v.not_before, v.deferred
+    ), followers AS (
+        -- A message held until this one was done (a welcome after its confirmation) is due now.
+        UPDATE messages AS f
+           SET not_before = now(), updated_at = now()
+          FROM updated AS u
+         WHERE f.after_message_id = u.id AND f.status = 'scheduled'
+           AND u.status IN ('sent', 'failed')
     ), tried AS (
         INSERT INTO attempts (message_id, number, provider, started_at, finished_at, outcome,
                               error_code, error)
@@ -151,6 +165,7 @@ _RECORD_DELIVERIES = text(
     bindparam("errors", type_=_TEXTS),
     bindparam("not_befores", type_=_TIMES),
     bindparam("deferred", type_=ARRAY(Boolean)),
+    bindparam("subjects", type_=_TEXTS),
     bindparam("attempt_ids", type_=_UUIDS),
     bindparam("numbers", type_=_INTS),
     bindparam("attempt_providers", type_=_TEXTS),
@@ -179,7 +194,7 @@ _DISPATCH_DUE = text(
            updated_at = now()
       FROM due
      WHERE m.id = due.id
-    RETURNING m.id, m.lane, m.status
+    RETURNING m.id, m.lane, m.status, m.template
     """
 )
 
@@ -271,6 +286,33 @@ _UNPARK_LOST = text(
 ).bindparams(bindparam("lanes", type_=_TEXTS))
 
 
+# Cancelling works until a worker claims the row: the claim and this UPDATE lock the same row,
+# so exactly one of them wins. Followers held behind a cancelled message are released.
+_CANCEL = """
+    WITH cancelled AS (
+        UPDATE messages
+           SET status = 'cancelled', enqueued_at = NULL, lease_until = NULL, updated_at = now()
+         WHERE tenant_id = :tenant_id AND status IN ('scheduled', 'queued', 'retrying')
+           AND {where}
+        RETURNING id
+    ), logged AS (
+        INSERT INTO message_events (message_id, type, detail)
+        SELECT id, 'cancelled', jsonb_build_object('reason', CAST(:reason AS text))
+          FROM cancelled
+    ), followers AS (
+        UPDATE messages AS f
+           SET not_before = now(), updated_at = now()
+          FROM cancelled AS c
+         WHERE f.after_message_id = c.id AND f.status = 'scheduled'
+    )
+    SELECT id FROM cancelled
+"""
+_CANCEL_BY_ID = text(_CANCEL.format(where="id = :message_id"))
+_CANCEL_BY_TEMPLATE = text(
+    _CANCEL.format(where="template = :template AND recipients @> ARRAY[CAST(:recipient AS text)]")
+)
+
+
 class MessageRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -325,10 +367,34 @@ class MessageRepository:
         )
         return int(getattr(result, "rowcount", 0) or 0)
 
-    async def get(self, tenant_id: uuid.UUID, message_id: uuid.UUID) -> Message | None:
+    async def cancel(self, tenant_id: uuid.UUID, message_id: uuid.UUID, *, reason: str) -> bool:
         result = await self.session.execute(
-            select(Message).where(Message.tenant_id == tenant_id, Message.id == message_id)
+            _CANCEL_BY_ID, {"tenant_id": tenant_id, "message_id": message_id, "reason": reason}
         )
+        return result.first() is not None
+
+    async def cancel_pending(
+        self, tenant_id: uuid.UUID, *, template: str, recipient: str, reason: str
+    ) -> list[uuid.UUID]:
+        """Cancel every message of this template to this address that no worker has claimed."""
+        result = await self.session.execute(
+            _CANCEL_BY_TEMPLATE,
+            {
+                "tenant_id": tenant_id,
+                "template": template,
+                "recipient": recipient,
+                "reason": reason,
+            },
+        )
+        return [row.id for row in result]
+
+    async def get(
+        self, tenant_id: uuid.UUID, message_id: uuid.UUID, *, fresh: bool = False
+    ) -> Message | None:
+        query = select(Message).where(Message.tenant_id == tenant_id, Message.id == message_id)
+        if fresh:  # after a statement that changed the row behind the session's back
+            query = query.execution_options(populate_existing=True)
+        result = await self.session.execute(query)
         return result.scalar_one_or_none()
 
     async def page(
@@ -371,7 +437,10 @@ class MessageRepository:
 
     async def mark_due_enqueued(self, *, limit: int) -> list[Parked]:
         result = await self.session.execute(_DISPATCH_DUE, {"limit": limit})
-        return [Parked(id=row.id, lane=row.lane, status=row.status) for row in result]
+        return [
+            Parked(id=row.id, lane=row.lane, status=row.status, template=row.template)
+            for row in result
+        ]
 
     async def bulk_tenants_waiting(self) -> list[uuid.UUID]:
         return list((await self.session.execute(_BULK_TENANTS)).scalars())
@@ -443,6 +512,8 @@ class DeliveryRepository:
                 tags=row.tags,
                 message_id_header=row.message_id_header,
                 created_at=row.created_at,
+                template=row.template,
+                variables=row.variables,
             )
             for row in result
         ]
@@ -468,6 +539,7 @@ class DeliveryRepository:
                 "errors": [o.error for o in outcomes],
                 "not_befores": [o.not_before for o in outcomes],
                 "deferred": [o.deferred for o in outcomes],
+                "subjects": [o.subject for o in outcomes],
                 "attempt_ids": [a.message_id for a in attempts],
                 "numbers": [a.number for a in attempts],
                 "attempt_providers": [a.provider for a in attempts],

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -36,7 +37,7 @@ def no_line_breaks(value: str) -> str:
 HeaderText = Annotated[str, AfterValidator(no_line_breaks)]
 
 
-def _normalise_email(value: str) -> str:
+def normalise_email(value: str) -> str:
     """A valid address in ASCII form: IDN domains become punycode.
 
     Non-ASCII local parts need SMTPUTF8 end to end, which most providers refuse, so they are
@@ -54,7 +55,7 @@ class Address(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    email: Annotated[str, Field(max_length=320), AfterValidator(_normalise_email)]
+    email: Annotated[str, Field(max_length=320), AfterValidator(normalise_email)]
     name: Annotated[HeaderText, Field(max_length=200)] | None = None
 
 
@@ -93,8 +94,11 @@ def _check_metadata(metadata: dict[str, str]) -> dict[str, str]:
     return metadata
 
 
+_TEMPLATE_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
 class MessageCreate(BaseModel):
-    """One email to send. Raw content: subject and text and/or html."""
+    """One email to send: subject and text and/or html, or a template and its variables."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -103,7 +107,7 @@ class MessageCreate(BaseModel):
     bcc: list[AddressIn] = Field(default_factory=list)
     from_: Annotated[AddressIn | None, Field(alias="from")] = None
     reply_to: AddressIn | None = None
-    subject: Annotated[HeaderText, Field(min_length=1, max_length=998)]
+    subject: Annotated[HeaderText | None, Field(min_length=1, max_length=998)] = None
     text: Annotated[str | None, Field(max_length=512 * 1024)] = None
     html: Annotated[str | None, Field(max_length=512 * 1024)] = None
     headers: Annotated[dict[str, str], AfterValidator(_check_headers), Field(max_length=20)] = (
@@ -115,12 +119,23 @@ class MessageCreate(BaseModel):
     metadata: Annotated[dict[str, str], AfterValidator(_check_metadata), Field(max_length=20)] = (
         Field(default_factory=dict)
     )
-    priority: Priority = "high"
+    template: Annotated[str | None, Field(pattern=_TEMPLATE_NAME)] = None
+    variables: dict[str, Any] | None = None
+    # Default: high for a raw message or a transactional template, normal for the others.
+    priority: Priority | None = None
+    send_at: AwareDatetime | None = None
 
     @model_validator(mode="after")
     def _content_and_recipients(self) -> MessageCreate:
-        if self.text is None and self.html is None:
-            raise ValueError("give text, html or both")
+        if self.template is None:
+            if self.subject is None:
+                raise ValueError("give a subject, or a template that provides one")
+            if self.text is None and self.html is None:
+                raise ValueError("give text, html or both, or a template")
+        elif self.variables is None:
+            self.variables = {}
+        if self.template is None and self.variables is not None:
+            raise ValueError("variables are for a template: give template too")
         count = self.recipient_count()
         if count > settings.max_recipients:
             raise ValueError(
@@ -167,7 +182,7 @@ class Message(BaseModel):
     from_: Annotated[Address, Field(alias="from", serialization_alias="from")]
     to: list[Address]
     cc: list[Address]
-    subject: str
+    subject: str | None  # None only until a worker renders a scheduled job's template
     template: str | None
     tags: list[str]
     metadata: dict[str, str]

@@ -13,9 +13,11 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailsvc.db import Database
 from mailsvc.delivery.chain import ChainResult, ProviderChain, Try
@@ -27,6 +29,8 @@ from mailsvc.kit.time import utcnow
 from mailsvc.messages.repository import AttemptRecord, ClaimedMessage, DeliveryRepository, Outcome
 from mailsvc.metrics import MESSAGES_FAILED, MESSAGES_SENT
 from mailsvc.ratelimit.throttle import Throttle
+from mailsvc.templates.engine import Rendered
+from mailsvc.templates.service import TemplateRenderer
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,8 @@ def _address(value: dict[str, Any]) -> Address:
 
 
 def outgoing_email(message: ClaimedMessage) -> OutgoingEmail:
+    if message.subject is None:  # never sent blank: a template renders it first
+        raise ValueError("the message has no subject")
     return OutgoingEmail(
         message_id=message.id,
         message_id_header=message.message_id_header,
@@ -119,6 +125,47 @@ def _outcome(message: ClaimedMessage, result: ChainResult, policy: RetryPolicy) 
     )
 
 
+def _failed_before_sending(
+    message: ClaimedMessage, stage: str, error: PermanentDeliveryError, started: datetime
+) -> tuple[Outcome, list[AttemptRecord]]:
+    result = ChainResult(tries=[Try(stage, started, utcnow(), error)], error=error)
+    return _outcome(message, result, RetryPolicy()), [_record(message, t) for t in result.tries]
+
+
+async def _render(
+    renderer: TemplateRenderer,
+    connection: AsyncConnection,
+    claimed: Sequence[ClaimedMessage],
+) -> tuple[list[ClaimedMessage], list[tuple[Outcome, list[AttemptRecord]]]]:
+    """Render the messages a scheduled job left unrendered; a template that fails never will."""
+    pending = [m for m in claimed if m.subject is None and m.template is not None]
+    if not pending:
+        return list(claimed), []
+    started = utcnow()
+    results = await renderer.render_many(
+        connection, [(m.tenant_id, m.template or "", m.variables or {}) for m in pending]
+    )
+    rendered: dict[uuid.UUID, ClaimedMessage] = {}
+    failed: list[tuple[Outcome, list[AttemptRecord]]] = []
+    for message, result in zip(pending, results, strict=True):
+        if isinstance(result, Rendered):
+            rendered[message.id] = replace(
+                message, subject=result.subject, text_body=result.text, html_body=result.html
+            )
+        else:
+            log.warning(
+                "template failed to render",
+                extra={"fields": {"message_id": str(message.id), "template": message.template}},
+            )
+            error = PermanentDeliveryError(
+                "template_error", f"template {message.template!r}: {result}"
+            )
+            failed.append(_failed_before_sending(message, "render", error, started))
+    failed_ids = {outcome.message_id for outcome, _ in failed}
+    ready = [rendered.get(m.id, m) for m in claimed if m.id not in failed_ids]
+    return ready, failed
+
+
 async def _attempt(
     chain: ProviderChain, policy: RetryPolicy, message: ClaimedMessage
 ) -> tuple[Outcome, list[AttemptRecord]]:
@@ -129,12 +176,14 @@ async def _attempt(
     except Exception as exc:  # a message that cannot be built never will be: fail it, not the task
         log.exception("message could not be built", extra={"fields": {"message": str(message.id)}})
         failure = PermanentDeliveryError("build_failed", f"{type(exc).__name__}: {exc}")
-        result = ChainResult(tries=[Try("build", started, utcnow(), failure)], error=failure)
-    else:
-        result = await chain.send(email)
-        if not result.tries:  # every circuit open: the attempt still counts, and is recorded
-            result.tries.append(Try("none", started, utcnow(), result.failure()))
-    return _outcome(message, result, policy), [_record(message, t) for t in result.tries]
+        return _failed_before_sending(message, "build", failure, started)
+    result = await chain.send(email)
+    if not result.tries:  # every circuit open: the attempt still counts, and is recorded
+        result.tries.append(Try("none", started, utcnow(), result.failure()))
+    outcome = _outcome(message, result, policy)
+    if message.template is not None:  # rendered here: keep the subject on the row
+        outcome = replace(outcome, subject=message.subject)
+    return outcome, [_record(message, t) for t in result.tries]
 
 
 RECORD_EVERY = 50
@@ -160,6 +209,7 @@ async def deliver(
     *,
     lease_seconds: int,
     throttle: Throttle | None = None,
+    renderer: TemplateRenderer | None = None,
 ) -> DeliveryReport:
     report = DeliveryReport()
     outcomes: list[Outcome] = []
@@ -182,13 +232,22 @@ async def deliver(
                 deferred = [_deferred(message, wait) for message, wait in admission.deferred]
                 await repo.record(deferred, [])
                 report.deferred = len(deferred)
+        unwritten: list[Outcome] = []
+        unwritten_attempts: list[AttemptRecord] = []
+        claimed, unrenderable = await _render(renderer or TemplateRenderer(), connection, claimed)
+        for outcome, tried in unrenderable:
+            unwritten.append(outcome)
+            unwritten_attempts.extend(tried)
         # Outcomes are written as sends complete, a few at a time: a worker that dies mid-batch
         # leaves unrecorded (and so sent again) only what was in flight, not the whole batch.
         sends = [asyncio.ensure_future(_attempt(chain, policy, m)) for m in claimed]
         if not sends:
+            if unwritten:
+                current |= await repo.record(unwritten, unwritten_attempts)
+                outcomes += unwritten
+                attempts += unwritten_attempts
+            _report(report, outcomes, attempts, current)
             return report
-        unwritten: list[Outcome] = []
-        unwritten_attempts: list[AttemptRecord] = []
         last_write = time.monotonic()
         for done in asyncio.as_completed(sends):
             outcome, tried = await done
@@ -198,14 +257,23 @@ async def deliver(
             if (
                 len(unwritten) >= RECORD_EVERY
                 or due
-                or len(outcomes) + len(unwritten) == len(sends)
+                or len(outcomes) + len(unwritten) == len(sends) + len(unrenderable)
             ):
                 current |= await repo.record(unwritten, unwritten_attempts)
                 outcomes += unwritten
                 attempts += unwritten_attempts
                 unwritten, unwritten_attempts = [], []
                 last_write = time.monotonic()
+    _report(report, outcomes, attempts, current)
+    return report
 
+
+def _report(
+    report: DeliveryReport,
+    outcomes: list[Outcome],
+    attempts: list[AttemptRecord],
+    current: set[uuid.UUID],
+) -> None:
     for outcome in outcomes:
         if outcome.message_id not in current:
             report.stale += 1
@@ -236,4 +304,3 @@ async def deliver(
         if attempt.outcome != "sent":
             MESSAGES_FAILED.labels(attempt.provider, attempt.outcome.removesuffix("_error")).inc()
     report.outcomes = outcomes
-    return report

@@ -8,7 +8,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,6 +24,8 @@ from mailsvc.messages import schemas
 from mailsvc.messages.repository import ListFilters, MessageRepository
 from mailsvc.metrics import MESSAGES_ACCEPTED
 from mailsvc.models import Message, MessageEvent, MessageStatus
+from mailsvc.templates.engine import Rendered
+from mailsvc.templates.lookup import BUILTIN_TEMPLATES, TemplateLookup, with_defaults
 from mailsvc.worker import queues
 
 SEND_TASK = "messages.send"
@@ -59,50 +61,84 @@ def _resolve_sender(
     return sender
 
 
+SEND_AT_GRACE = timedelta(seconds=30)  # a send_at this close behind the server's clock is "now"
+SEND_AT_HORIZON = timedelta(days=365)
+# A follower (an event's second email) waits for the one before it; should that never finish,
+# it goes anyway after this long.
+FOLLOWER_BACKSTOP = timedelta(hours=24)
+
+
+def _send_at(
+    body: schemas.MessageCreate, now: datetime, loc: tuple[str | int, ...]
+) -> datetime | None:
+    """The time a scheduled message is due, or None to send it now."""
+    if body.send_at is None:
+        return None
+    at = body.send_at.astimezone(UTC)
+    if at < now - SEND_AT_GRACE:
+        problem = f"send_at {body.send_at.isoformat()} is in the past"
+    elif at > now + SEND_AT_HORIZON:
+        problem = f"send_at {body.send_at.isoformat()} is more than 1 year ahead"
+    else:
+        return at if at > now else None
+    raise ValidationFailed(problem, errors=[FieldError((*loc, "send_at"), problem)])
+
+
 def build_message(
     tenant: TenantInfo,
     body: schemas.MessageCreate,
     *,
     lane: str,
+    priority: str | None = None,
+    rendered: Rendered | None = None,
     clock: Clock = utcnow,
     loc: tuple[str | int, ...] = ("body",),
 ) -> Message:
-    """A new queued message row (not yet added to a session)."""
+    """A new message row (not yet added to a session): queued, or scheduled for its send_at."""
     sender = _resolve_sender(tenant, body, loc)
     message_id = uuid7()
     now = clock()
+    send_at = _send_at(body, now, loc)
     domain = sender.email.rpartition("@")[2]
     recipients = [a.email.lower() for a in (*body.to, *body.cc, *body.bcc)]
-    return Message(
+    subject, text_body, html_body = body.subject, body.text, body.html
+    if rendered is not None:  # the body's own parts, where given, override the template's
+        subject = subject or rendered.subject
+        text_body = text_body if text_body is not None else rendered.text
+        html_body = html_body if html_body is not None else rendered.html
+    message = Message(
         id=message_id,
         tenant_id=tenant.id,
-        status=MessageStatus.queued.value,
+        status=(MessageStatus.scheduled if send_at else MessageStatus.queued).value,
         lane=lane,
-        priority=body.priority,
+        priority=priority or body.priority or "high",
         sender=_address(sender),
         to=[_address(a) for a in body.to],
         cc=[_address(a) for a in body.cc],
         bcc=[_address(a) for a in body.bcc],
         reply_to=_address(body.reply_to) if body.reply_to else None,
         recipients=list(dict.fromkeys(recipients)),
-        subject=body.subject,
-        text_body=body.text,
-        html_body=body.html,
-        template=None,
-        variables=None,
+        subject=subject,
+        text_body=text_body,
+        html_body=html_body,
+        template=body.template,
+        variables=body.variables,
         headers=body.headers,
         tags=body.tags,
         meta=body.metadata,
-        send_at=None,
-        # not_before is left to the database's now(): the claim compares it with the database
-        # clock, and an API host whose clock runs ahead would otherwise strand the row.
+        send_at=send_at,
         lease_until=None,
-        enqueued_at=now if queues.published_at_once(lane) else None,
+        enqueued_at=now if queues.published_at_once(lane) and not send_at else None,
         attempt_count=0,
         message_id_header=f"<{message_id.hex}@{domain}>",
         created_at=now,
         updated_at=now,
     )
+    if send_at is not None:
+        # Otherwise not_before is left to the database's now(): the claim compares it with the
+        # database clock, and an API host whose clock runs ahead would otherwise strand the row.
+        message.not_before = send_at
+    return message
 
 
 async def accept_messages(
@@ -119,14 +155,128 @@ async def accept_messages(
         MessageEvent(message_id=m.id, type="accepted", at=m.created_at, detail={}) for m in messages
     )
     await session.flush()
-    by_queue: dict[str, list[str]] = defaultdict(list)
+    by_queue: dict[tuple[str, str], list[str]] = defaultdict(list)
     for message in messages:
         MESSAGES_ACCEPTED.labels(message.lane).inc()
         if message.enqueued_at is not None:
-            by_queue[queues.queue_for(message.lane, message.status)].append(str(message.id))
-    for queue, ids in by_queue.items():
+            queue = queues.queue_for(message.lane, message.status)
+            by_queue[queue, send_task_for(message.template)].append(str(message.id))
+    for (queue, task), ids in by_queue.items():
         for start in range(0, len(ids), batch_size):
-            enqueue(session, SEND_TASK, queue=queue, ids=ids[start : start + batch_size])
+            enqueue(session, task, queue=queue, ids=ids[start : start + batch_size])
+
+
+def send_task_for(template: str | None) -> str:
+    """Each built-in email type has its own task name, so Flower shows the kinds apart."""
+    return f"emails.{template}" if template in BUILTIN_TEMPLATES else SEND_TASK
+
+
+async def prepare_message(
+    session: AsyncSession,
+    tenant: TenantInfo,
+    body: schemas.MessageCreate,
+    *,
+    batch: bool = False,
+    templates: TemplateLookup | None = None,
+    clock: Clock = utcnow,
+    loc: tuple[str | int, ...] = ("body",),
+) -> Message:
+    """A message row from a request body: its template rendered, its lane and priority chosen.
+
+    A template that fails to render (unknown, a missing variable) is a 422 here, never a blank.
+    """
+    rendered: Rendered | None = None
+    transactional = True
+    if body.template is not None:
+        lookup = templates or TemplateLookup(session, tenant.id)
+        source = await lookup.source(body.template, loc=(*loc, "template"))
+        variables = with_defaults(
+            body.variables or {}, tenant_name=tenant.name, recipient=_address(body.to[0])
+        )
+        rendered = lookup.render(source, variables, loc=loc)
+        transactional = source.transactional
+    priority = body.priority or ("high" if transactional else "normal")
+    return build_message(
+        tenant,
+        body,
+        lane=queues.lane_for(priority, batch=batch),
+        priority=priority,
+        rendered=rendered,
+        clock=clock,
+        loc=loc,
+    )
+
+
+def hold_after(follower: Message, leader: Message, *, clock: Clock = utcnow) -> None:
+    """Keep `follower` back until `leader` is sent or has failed (see FOLLOWER_BACKSTOP)."""
+    follower.status = MessageStatus.scheduled.value
+    follower.after_message_id = leader.id
+    follower.enqueued_at = None
+    follower.not_before = (leader.send_at or clock()) + FOLLOWER_BACKSTOP
+
+
+def template_request(
+    *,
+    template: str,
+    to: schemas.Address,
+    variables: dict[str, Any],
+    priority: schemas.Priority,
+    tags: Sequence[str] = (),
+    metadata: dict[str, str] | None = None,
+) -> schemas.MessageCreate:
+    """The request body mailsvc makes itself for a template email to one address (already valid)."""
+    return schemas.MessageCreate.model_construct(
+        to=[to],
+        cc=[],
+        bcc=[],
+        from_=None,
+        reply_to=None,
+        subject=None,
+        text=None,
+        html=None,
+        headers={},
+        tags=list(tags),
+        metadata=metadata or {},
+        template=template,
+        variables=variables,
+        priority=priority,
+        send_at=None,
+    )
+
+
+def templated_message(
+    tenant: TenantInfo,
+    *,
+    template: str,
+    to: schemas.Address,
+    variables: dict[str, Any],
+    lane: str,
+    priority: schemas.Priority = "normal",
+    tags: Sequence[str] = (),
+    clock: Clock = utcnow,
+) -> Message:
+    """A message a scheduled job makes: the worker renders its template when it sends it."""
+    variables = with_defaults(variables, tenant_name=tenant.name, recipient=_address(to))
+    body = template_request(
+        template=template, to=to, variables=variables, priority=priority, tags=tags
+    )
+    return build_message(tenant, body, lane=lane, priority=priority, clock=clock)
+
+
+async def cancel_message(
+    session: AsyncSession, tenant: TenantInfo, message_id: uuid.UUID
+) -> schemas.Message:
+    """Cancel a message that no worker has claimed yet; 409 once one has."""
+    repo = MessageRepository(session)
+    if not await repo.cancel(tenant.id, message_id, reason="cancelled by the API"):
+        message = await repo.get(tenant.id, message_id)
+        if message is None:
+            raise NotFound(f"message {message_id} does not exist")
+        raise Conflict(
+            f"message {message_id} is {message.status}: only scheduled, queued or retrying "
+            "messages can be cancelled"
+        )
+    return await get_message(session, tenant, message_id, fresh=True)
 
 
 @dataclass(frozen=True)
@@ -148,7 +298,7 @@ async def send_message(
     *,
     idempotency_key: str | None = None,
 ) -> Accepted:
-    message = build_message(tenant, body, lane=queues.lane_for(body.priority))
+    message = await prepare_message(session, tenant, body)
     if idempotency_key is not None:
         message.idempotency_key = idempotency_key
         message.request_hash = request_hash(body)
@@ -194,13 +344,16 @@ async def send_batch(
     """All or nothing: every message is checked before any is stored, and every error listed."""
     messages: list[Message] = []
     errors: list[FieldError] = []
+    templates = TemplateLookup(session, tenant.id)  # each template looked up once per batch
     for index, body in enumerate(bodies):
         try:
             messages.append(
-                build_message(
+                await prepare_message(
+                    session,
                     tenant,
                     body,
-                    lane=queues.lane_for(body.priority, batch=True),
+                    batch=True,
+                    templates=templates,
                     loc=("body", "messages", index),
                 )
             )
@@ -219,10 +372,10 @@ async def send_batch(
 
 
 async def get_message(
-    session: AsyncSession, tenant: TenantInfo, message_id: uuid.UUID
+    session: AsyncSession, tenant: TenantInfo, message_id: uuid.UUID, *, fresh: bool = False
 ) -> schemas.Message:
     repo = MessageRepository(session)
-    message = await repo.get(tenant.id, message_id)
+    message = await repo.get(tenant.id, message_id, fresh=fresh)
     if message is None:
         raise NotFound(f"message {message_id} does not exist")
     return (await _present_all(repo, [message]))[0]

@@ -11,13 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailsvc.config import settings
 from mailsvc.kit.logging import log_context
 from mailsvc.messages import sending, upkeep
+from mailsvc.messages.service import send_task_for
+from mailsvc.templates.lookup import BUILTIN_TEMPLATES
 from mailsvc.worker import bridge, queues
 from mailsvc.worker.app import celery_app
 from mailsvc.worker.publish import queue_depths
 
 
-@celery_app.task(name="messages.send", bind=True)
-def send(self: Task, ids: list[str]) -> dict[str, int]:
+def _send(self: Task, ids: list[str]) -> dict[str, int]:
     """Claim and deliver these messages; a duplicate or stale task claims nothing."""
     runtime = bridge.runtime()
     with log_context(task_id=self.request.id):
@@ -39,6 +40,24 @@ def send(self: Task, ids: list[str]) -> dict[str, int]:
         "deferred": report.deferred,
         "stale": report.stale,
     }
+
+
+send = celery_app.task(name="messages.send", bind=True)(_send)
+
+
+def _email_task(template: str) -> Task:
+    """`emails.<template>`: the same delivery, under a name per kind of email (Flower shows it)."""
+
+    def deliver_email(self: Task, ids: list[str]) -> dict[str, int]:
+        return _send(self, ids)
+
+    deliver_email.__name__ = deliver_email.__qualname__ = f"send_{template}"
+    deliver_email.__doc__ = f"Claim and deliver {template} emails."
+    task: Task = celery_app.task(name=send_task_for(template), bind=True)(deliver_email)
+    return task
+
+
+EMAIL_TASKS = {template: _email_task(template) for template in BUILTIN_TEMPLATES}
 
 
 def _dispatch_rounds(runtime: bridge.Runtime) -> int:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.kit.outbox import enqueue
 from mailsvc.messages.repository import MessageRepository
-from mailsvc.messages.service import SEND_TASK
+from mailsvc.messages.service import SEND_TASK, send_task_for
 from mailsvc.worker import queues
 
 # Ids per send job when the dispatcher hands rows over: small for the latency lanes.
@@ -34,13 +34,15 @@ DISPATCH_BATCH = {
 async def dispatch_due(session: AsyncSession, *, limit: int) -> int:
     """Publish parked rows whose not_before has come (after this transaction commits)."""
     parked = await MessageRepository(session).mark_due_enqueued(limit=limit)
-    by_queue: dict[str, list[str]] = defaultdict(list)
+    by_queue: dict[tuple[str, str], list[str]] = defaultdict(list)
     for row in parked:
-        by_queue[queues.queue_for(row.lane, row.status)].append(str(row.id))
-    for queue, ids in by_queue.items():
+        queue = queues.queue_for(row.lane, row.status)
+        task = SEND_TASK if queue == queues.RETRY else send_task_for(row.template)
+        by_queue[queue, task].append(str(row.id))
+    for (queue, task), ids in by_queue.items():
         size = DISPATCH_BATCH.get(queue, 50)
         for start in range(0, len(ids), size):
-            enqueue(session, SEND_TASK, queue=queue, ids=ids[start : start + size])
+            enqueue(session, task, queue=queue, ids=ids[start : start + size])
     return len(parked)
 
 

@@ -86,6 +86,12 @@ class Message(Base):
         ),
         # The sweeper: claims whose worker died.
         Index("ix_messages_lease", "lease_until", postgresql_where=text("status = 'sending'")),
+        # Followers waiting for the message before them (a welcome after its confirmation).
+        Index(
+            "ix_messages_after",
+            "after_message_id",
+            postgresql_where=text("after_message_id IS NOT NULL AND status = 'scheduled'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid7)
@@ -103,7 +109,8 @@ class Message(Base):
     reply_to: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # Every envelope recipient, lower-cased: serves the `to` filter through a GIN index.
     recipients: Mapped[list[str]] = mapped_column(ARRAY(Text))
-    subject: Mapped[str] = mapped_column(Text)
+    # NULL until rendered: a templated message made by a recurring job is rendered by the worker.
+    subject: Mapped[str | None] = mapped_column(Text)
     text_body: Mapped[str | None] = mapped_column(Text)
     html_body: Mapped[str | None] = mapped_column(Text)
     template: Mapped[str | None] = mapped_column(Text)
@@ -113,6 +120,9 @@ class Message(Base):
     meta: Mapped[dict[str, str]] = mapped_column("metadata", JSONB, default=dict)
 
     send_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    # Held (status scheduled) until this message is sent or has failed: keeps an event's emails
+    # in order. not_before is a backstop in case that never happens.
+    after_message_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     not_before: Mapped[datetime] = mapped_column(
         TIMESTAMP(timezone=True), server_default=func.now()
     )

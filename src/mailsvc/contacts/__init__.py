@@ -1,0 +1,1 @@
+"""Contacts: the people a tenant mails on a schedule, keyed by email address."""

@@ -1,0 +1,1 @@
+"""User events: mail that follows what users do (sign-up, activation, password change)."""

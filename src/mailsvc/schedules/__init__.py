@@ -1,0 +1,1 @@
+"""Recurring jobs per tenant: birthdays, activation reminders and the weekly report."""

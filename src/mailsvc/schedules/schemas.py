@@ -1,0 +1,194 @@
+"""Request and response bodies of the schedules API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from mailsvc.errors import FieldError
+from mailsvc.kit.time import check_time_zone
+from mailsvc.messages.schemas import normalise_email
+from mailsvc.schedules import timing
+from mailsvc.schedules.repository import EffectiveSchedule
+
+ScheduleName = Literal["birthday", "activation_reminder", "weekly_report"]
+MAX_RECIPIENTS = 50
+TEMPLATE_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
+def _check_cron(value: str) -> str:
+    return timing.parse_cron(value).expr
+
+
+def _unique(addresses: list[str]) -> list[str]:
+    seen: dict[str, str] = {}
+    for address in addresses:
+        seen.setdefault(address.lower(), address)
+    return list(seen.values())
+
+
+Recipient = Annotated[str, Field(max_length=320), AfterValidator(normalise_email)]
+
+
+class ScheduleUpdate(BaseModel):
+    """A tenant's settings for one recurring job. What is left out takes its default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool
+    cron: (
+        Annotated[
+            str,
+            Field(
+                max_length=200,
+                description='"minute hour day-of-month month day-of-week". birthday takes '
+                'a time of day only ("30 8 * * *"); activation_reminder takes days instead.',
+            ),
+            AfterValidator(_check_cron),
+        ]
+        | None
+    ) = None
+    days: Annotated[
+        int | None,
+        Field(ge=1, le=365, description="activation_reminder: days after sign-up (default 3)."),
+    ] = None
+    timezone: Annotated[
+        str,
+        Field(max_length=64, description="The zone the cron is read in (weekly_report)."),
+        AfterValidator(check_time_zone),
+    ] = "UTC"
+    template: Annotated[
+        str | None,
+        Field(pattern=TEMPLATE_NAME, description="A template name; null: the built-in one."),
+    ] = None
+    recipients: Annotated[
+        list[Recipient],
+        Field(max_length=MAX_RECIPIENTS, description="weekly_report: who receives it."),
+        AfterValidator(_unique),
+    ] = Field(default_factory=list)
+
+    def problems_for(self, name: str) -> list[FieldError]:
+        """What this job does not take, or needs and lacks."""
+        errors: list[FieldError] = []
+        if name == "activation_reminder" and self.cron is not None:
+            errors.append(
+                FieldError(
+                    ("body", "cron"),
+                    "activation_reminder runs a number of days after sign-up: set days, not cron",
+                )
+            )
+        if name != "activation_reminder" and self.days is not None:
+            errors.append(
+                FieldError(("body", "days"), f"only activation_reminder takes days, not {name}")
+            )
+        if name == "birthday" and self.cron is not None:
+            fields = self.cron.split()
+            if fields[2:] != ["*", "*", "*"] or timing.parse_cron(self.cron).send_time is None:
+                errors.append(
+                    FieldError(
+                        ("body", "cron"),
+                        "birthday sends on each contact's birthday at one time of day: give "
+                        "'minute hour * * *', such as '0 9 * * *'",
+                    )
+                )
+        if name != "weekly_report" and self.recipients:
+            errors.append(
+                FieldError(
+                    ("body", "recipients"),
+                    f"only weekly_report has recipients: {name} mails the contacts",
+                )
+            )
+        if name == "weekly_report" and self.enabled and not self.recipients:
+            errors.append(
+                FieldError(
+                    ("body", "recipients"),
+                    "at least one address is required to enable weekly_report",
+                )
+            )
+        return errors
+
+    def columns(self) -> dict[str, Any]:
+        """The stored row: every setting, so a PUT replaces the previous one whole."""
+        return {
+            "enabled": self.enabled,
+            "cron": self.cron,
+            "days": self.days,
+            "timezone": self.timezone,
+            "template": self.template,
+            "recipients": self.recipients,
+        }
+
+
+class Schedule(BaseModel):
+    """One recurring job of the tenant: its settings, defaults filled in, and its next run."""
+
+    name: ScheduleName
+    enabled: bool
+    cron: str | None
+    days: int | None
+    timezone: str
+    template: str
+    recipients: list[str]
+    next_run: datetime | None = Field(
+        description="When the job next sends for this tenant (UTC); null when it is disabled."
+    )
+    description: str
+
+    @classmethod
+    def of(cls, schedule: EffectiveSchedule, now: datetime) -> Schedule:
+        cron = timing.parse_cron(schedule.cron) if schedule.cron else None
+        tz = ZoneInfo(schedule.timezone)
+        return cls(
+            name=schedule.name,
+            enabled=schedule.enabled,
+            cron=schedule.cron,
+            days=schedule.days,
+            timezone=schedule.timezone,
+            template=schedule.template,
+            recipients=schedule.recipients,
+            next_run=timing.next_run(
+                schedule.name, enabled=schedule.enabled, cron=cron, tz=tz, now=now
+            ),
+            description=describe(schedule, cron),
+        )
+
+
+class ScheduleList(BaseModel):
+    data: list[Schedule]
+
+
+_WEEKDAYS = ("Sundays", "Mondays", "Tuesdays", "Wednesdays", "Thursdays", "Fridays", "Saturdays")
+
+
+def _when(cron: timing.Cron) -> str:
+    """ "on Mondays at 09:00" for the usual shapes; the expression itself for the rest."""
+    at = cron.send_time
+    fields = cron.expr.split()
+    if at is not None and fields[2:4] == ["*", "*"]:
+        if fields[4] == "*":
+            return f"every day at {at:%H:%M}"
+        if len(cron.weekdays) == 1:
+            return f"on {_WEEKDAYS[next(iter(cron.weekdays))]} at {at:%H:%M}"
+    return f"at the times of cron '{cron.expr}'"
+
+
+def describe(schedule: EffectiveSchedule, cron: timing.Cron | None) -> str:
+    """What the job does, in a sentence."""
+    if schedule.name == "birthday":
+        at = cron.send_time if cron else None
+        time_of_day = f"at {at:%H:%M}" if at else f"at the times of cron '{schedule.cron}'"
+        return (
+            f"A birthday email {time_of_day} on each contact's birthday, in the contact's own "
+            "time zone; birthdays on February 29 are celebrated on February 28 in other years."
+        )
+    if schedule.name == "activation_reminder":
+        days = f"{schedule.days} day{'s' if schedule.days != 1 else ''}"
+        return f"A reminder {days} after a contact signs up, while they have not activated."
+    when = _when(cron) if cron else "weekly"
+    return (
+        f"Last week's figures (Monday to Sunday, {schedule.timezone}) to the recipients, "
+        f"{when} ({schedule.timezone})."
+    )
