@@ -7,7 +7,9 @@
    end-to-end pair, so the sink is not what is measured.
 3. Building MIME on one core: `email.message.EmailMessage`, `email.mime` and mailsvc's builder
    (bench.mime).
-4. Lanes (bench.lanes, needs smtp-sink): transactional latency while 200,000 bulk messages
+4. Rendering and building each built-in template on one core (bench.templates), and the
+   birthday job's selection over 1,000,000 contacts (bench.birthdays).
+5. Lanes (bench.lanes, needs smtp-sink): transactional latency while 200,000 bulk messages
    drain, bulk throughput beside the raw ceiling and the naive baseline, and the accuracy of a
    global 6,000/min limit across 4 worker processes. `--skip-lanes` leaves it out (~9 min).
 
@@ -23,10 +25,11 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import accept, lanes, mime, throughput
+from bench import accept, birthdays, lanes, mime, templates, throughput
 from bench.sinks import CaptureSink, PostfixSmtpSink, Sink, wait_for
 from bench.stack import Stack, start_stack
 from mailsvc.config import settings
@@ -95,6 +98,36 @@ def _accept(stack: Stack, args: argparse.Namespace, sink: Sink) -> list[Row]:
     ]
 
 
+class Results(list[Row]):
+    """The table so far, printed and saved as each part finishes: a late failure loses nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.path = RESULTS / f"bench-{int(time.time())}.md"
+
+    def __iadd__(self, rows: Iterable[Row]) -> Results:  # type: ignore[override,misc]
+        added = list(rows)
+        self.extend(added)
+        for row in added:
+            print("| " + " | ".join(row) + " |", flush=True)
+        self.save()
+        return self
+
+    def save(self, *, final: bool = False) -> None:
+        header = (
+            f"mailsvc bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+            f"{os.cpu_count()} cores, Python {platform.python_version()}"
+            + ("" if final else " (incomplete)")
+        )
+        table = [header, "", "| measurement | rate | detail |", "|---|---|---|"]
+        table += [f"| {a} | {b} | {c} |" for a, b, c in self]
+        text = "\n".join(table)
+        if final:
+            print("\n" + text)
+        RESULTS.mkdir(exist_ok=True)
+        self.path.write_text(text + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--rate", type=float, default=200.0, help="open-loop requests/s")
@@ -105,7 +138,7 @@ def main() -> None:
     parser.add_argument("--skip-lanes", action="store_true", help="leave out bench.lanes")
     args = parser.parse_args()
 
-    rows: list[Row] = []
+    rows = Results()
     with tempfile.TemporaryDirectory(prefix="mailsvc-bench-") as scratch:
         folder = Path(scratch)
         print("starting the stack as `make run` does …", flush=True)
@@ -129,7 +162,7 @@ def main() -> None:
                 stack.stop()
                 sink.stop()
         else:
-            rows.append(("smtp-sink runs", "skipped", "install Debian's postfix for smtp-sink"))
+            rows += [("smtp-sink runs", "skipped", "install Debian's postfix for smtp-sink")]
 
     print("building MIME on one core …", flush=True)
     rows += [
@@ -141,20 +174,22 @@ def main() -> None:
         )
         for r in mime.run_mime_bench(iterations=5000, repeats=3)
     ]
+    print("rendering and building the built-in templates on one core …", flush=True)
+    rows += [
+        (
+            f"template {r.template}: render + MIME build, one core",
+            f"{r.per_second:,.0f} emails/s",
+            f"{r.bytes_avg:,.0f} bytes; parsed back: " + ("ok" if r.ok else f"FAILED {r.problem}"),
+        )
+        for r in templates.run_template_bench(iterations=2000, repeats=3)
+    ]
+    print("the birthday job's selection over 1,000,000 contacts …", flush=True)
+    rows += birthdays.run_embedded(1_000_000)
     if not args.skip_lanes and PostfixSmtpSink.available():
         print("lanes: latency under bulk load, throughput, rate-limit accuracy …", flush=True)
         rows += lanes.run(lanes.parser().parse_args([]))
 
-    header = (
-        f"mailsvc bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}"
-    )
-    table = [header, "", "| measurement | rate | detail |", "|---|---|---|"]
-    table += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    text = "\n".join(table)
-    print("\n" + text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"bench-{int(time.time())}.md").write_text(text + "\n")
+    rows.save(final=True)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from typing import Any
 import asyncpg
 import httpx
 import psutil
+from celery import Celery
 
 from bench.content import message_body
 from bench.processes import Process
@@ -48,7 +49,6 @@ from mailsvc.messages import service
 from mailsvc.messages.schemas import MessageCreate
 from mailsvc.ratelimit.repository import RateLimitRepository
 from mailsvc.worker import queues
-from mailsvc.worker.app import celery_app
 
 Row = tuple[str, str, str]
 
@@ -81,11 +81,12 @@ class Stack:
             f"{name}@%h",
             env=env,
         )
-        # Workers log at WARNING, so "ready" is never printed: ask the worker itself.
-        celery_app.conf.broker_url = self.redis_url
+        # Workers log at WARNING, so "ready" is never printed: ask the worker itself, through
+        # an app of this stack's own (the shared one keeps the first broker it talked to).
+        control = Celery(broker=self.redis_url).control
         destination = [f"{name}@{socket.gethostname()}"]
         deadline = time.monotonic() + 60
-        while not celery_app.control.ping(destination=destination, timeout=0.5):
+        while not control.ping(destination=destination, timeout=0.5):
             if not process.alive or time.monotonic() > deadline:
                 log = self.logs / f"{name}.{process.starts}.log"
                 raise RuntimeError(f"{name} did not start:\n{log.read_text()[-3000:]}")

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from celery import Celery
+
 from bench.content import message_body
 from bench.sinks import Sink, wait_for
 from bench.stack import Stack
@@ -117,10 +119,9 @@ def naive_throughput(
             cwd=Path(__file__).parents[1],
         )
     try:
-        from bench.naive_worker import app, send
-
-        app.close()  # a connection pool to a previous stack's Redis must not be reused
-        app.conf.broker_url = redis_url
+        # A publisher of this stack's own: a Celery app keeps the first broker it connected to.
+        publisher = Celery("naive-publisher", broker=redis_url)
+        publisher.conf.update(task_serializer="json", accept_content=["json"])
         deadline = time.monotonic() + 60
         while " ready." not in log.read_text(errors="replace"):
             if worker.poll() is not None or time.monotonic() > deadline:
@@ -129,9 +130,10 @@ def naive_throughput(
         messages = [message_body(i) for i in range(count)]
         before = sink.count()
         started = time.perf_counter()
-        with app.producer_or_acquire() as producer:
+        with publisher.producer_or_acquire() as producer:
             for message in messages:
-                send.apply_async((message,), queue="naive", producer=producer)
+                publisher.send_task("naive.send", (message,), queue="naive", producer=producer)
+        publisher.close()
         finished = wait_for(sink, before + count, timeout=600)
     finally:
         worker.terminate()

@@ -27,6 +27,7 @@ from mailsvc.messages.endpoints import router as messages_router
 from mailsvc.metrics import RequestMetrics
 from mailsvc.ops.endpoints import router as ops_router
 from mailsvc.schedules.endpoints import router as schedules_router
+from mailsvc.templates.endpoints import links_router
 from mailsvc.templates.endpoints import router as templates_router
 from mailsvc.worker.publish import CoalescingPublisher
 
@@ -167,6 +168,7 @@ def create_app(*, database: Database | None = None, publish: Publisher | None = 
         (events_router, problem_responses(401, 403, 413, 422)),
         (contacts_router, problem_responses(401, 403, 404, 422)),
         (templates_router, problem_responses(401, 403, 404, 422)),
+        (links_router, problem_responses(401, 403, 422)),
         (schedules_router, problem_responses(401, 403, 404, 422)),
         (ops_router, {}),
     ):

@@ -187,3 +187,47 @@ async def test_activation_reminder_exactly_once_and_never_after_activation(
     assert message["To"] == "Ada Lovelace <idle@example.net>"
     assert message.get_body(("plain",)) is not None
     assert message.get_body(("html",)) is not None
+
+
+async def test_a_scheduled_message_goes_out_when_due_and_a_cancelled_one_never(
+    live_client: httpx.AsyncClient,
+    live_tenant: Tenant,
+    smtp_sink: tuple[Controller, Path],
+    servers: TestServers,
+    tmp_path: Path,
+) -> None:
+    controller, outbox = smtp_sink
+    headers = bearer(live_tenant)
+    env = service_env(
+        servers, MAILSVC_SMTP_PORT=str(controller.port), MAILSVC_DISPATCH_INTERVAL_SECONDS="0.5"
+    )
+    with worker_and_beat(env, tmp_path / "logs"):
+        due = datetime.now(UTC) + timedelta(seconds=3)
+        bodies = [
+            {
+                "to": [f"{who}@example.net"],
+                "subject": who,
+                "text": "later",
+                "send_at": due.isoformat(),
+            }
+            for who in ("kept", "cancelled")
+        ]
+        kept, cancelled = [
+            (await live_client.post("/v1/messages", json=b, headers=headers)).json() for b in bodies
+        ]
+        assert kept["status"] == cancelled["status"] == "scheduled"
+        response = await live_client.post(f"/v1/messages/{cancelled['id']}/cancel", headers=headers)
+        assert response.json()["status"] == "cancelled"
+
+        async def sent() -> dict[str, Any] | None:
+            body: dict[str, Any] = (
+                await live_client.get(f"/v1/messages/{kept['id']}", headers=headers)
+            ).json()
+            return body if body["status"] == "sent" else None
+
+        message = await eventually(sent, what="the scheduled message sent", timeout=60)
+    assert datetime.fromisoformat(message["attempts"][0]["started_at"]) >= due
+    assert received(outbox, kept["id"]) is not None
+    assert received(outbox, cancelled["id"]) is None
+    final = (await live_client.get(f"/v1/messages/{cancelled['id']}", headers=headers)).json()
+    assert (final["status"], final["attempts"]) == ("cancelled", [])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -11,6 +11,7 @@ import pytest
 from mailsvc.auth import scopes
 from mailsvc.models import Tenant
 from mailsvc.templates.builtin import BUILTIN_NAMES, sample_variables
+from mailsvc.templates.links import sign_link
 from tests.conftest import TenantFactory, bearer
 
 INVOICE = {
@@ -422,3 +423,36 @@ async def test_another_tenant_cannot_see_a_tenants_templates(
         "text": "Hi Ada, you owe 2.",
         "html": "<p>You owe <b>2</b>.</p>",
     }
+
+
+async def test_verify_link_names_the_address_and_refuses_a_forged_one(
+    client: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    link = sign_link(
+        "https://app.example.com/confirm?next=%2F",
+        "ada@example.net",
+        now=datetime.now(UTC),
+        ttl=timedelta(hours=1),
+    )
+    ok = await client.post("/v1/links/verify", json={"url": link}, headers=bearer(tenant))
+    assert ok.status_code == 200, ok.text
+    assert ok.json() == {"email": "ada@example.net"}
+
+    forged = link.replace("confirm", "delete")
+    bad = await client.post("/v1/links/verify", json={"url": forged}, headers=bearer(tenant))
+    assert bad.status_code == 422
+    assert bad.json()["errors"] == [
+        {
+            "loc": ["body", "url"],
+            "msg": "the link is not valid: the link's signature does not match",
+        }
+    ]
+    expired = sign_link(
+        "https://app.example.com/confirm",
+        "ada@example.net",
+        now=datetime.now(UTC) - timedelta(hours=2),
+        ttl=timedelta(hours=1),
+    )
+    old = await client.post("/v1/links/verify", json={"url": expired}, headers=bearer(tenant))
+    assert old.status_code == 422
+    assert old.json()["errors"][0]["msg"] == "the link is not valid: the link has expired"

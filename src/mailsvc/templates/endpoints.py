@@ -47,3 +47,12 @@ async def preview_template(
 ) -> schemas.TemplatePreview:
     """Render a template with the given variables, without sending anything."""
     return await service.preview(session, principal.tenant, name, body.variables)
+
+
+links_router = APIRouter(prefix="/v1/links", tags=["templates"])
+
+
+@links_router.post("/verify", operation_id="verifyLink")
+async def verify_link(body: schemas.LinkCheck, principal: ReadScope) -> schemas.LinkOwner:
+    """Check a signed link (its token) and say which address it was made for."""
+    return schemas.LinkOwner(email=service.check_link(body.url))

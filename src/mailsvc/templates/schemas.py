@@ -105,3 +105,17 @@ class TemplatePreview(BaseModel):
     subject: str
     text: str | None
     html: str | None
+
+
+class LinkCheck(BaseModel):
+    """A link from an email mailsvc sent (account confirmation), to check before acting on it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class LinkOwner(BaseModel):
+    """The address the link was signed for: the one that clicked it proves it reads that inbox."""
+
+    email: str

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from mailsvc.auth.service import TenantInfo
 from mailsvc.errors import FieldError, NotFound, ValidationFailed
+from mailsvc.kit.time import Clock, utcnow
 from mailsvc.models import Template
 from mailsvc.templates import schemas
 from mailsvc.templates.builtin import builtin_templates, get_builtin, is_builtin
@@ -28,6 +29,7 @@ from mailsvc.templates.engine import (
     default_cache,
     referenced_names,
 )
+from mailsvc.templates.links import InvalidLink, verify_link
 from mailsvc.templates.repository import TemplateRepository, load_templates, source_of
 
 log = logging.getLogger(__name__)
@@ -236,3 +238,12 @@ class TemplateRenderer:
             return compiled.render(variables)
         except TemplateRenderError as exc:
             return exc
+
+
+def check_link(url: str, *, clock: Clock = utcnow) -> str:
+    """The address a signed link was made for; a 422 naming the url if forged or expired."""
+    try:
+        return verify_link(url, now=clock())
+    except InvalidLink as exc:
+        problem = f"the link is not valid: {exc}"
+        raise ValidationFailed(problem, errors=[FieldError(("body", "url"), problem)]) from exc
