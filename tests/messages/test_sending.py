@@ -6,6 +6,7 @@ import asyncio
 import email
 import email.policy
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
@@ -257,3 +258,47 @@ async def test_the_worker_renders_templated_messages_and_fails_those_that_cannot
         await session.execute(select(Attempt).where(Attempt.message_id == bad.id))
     ).scalars()
     assert [(a.provider, a.outcome) for a in attempts] == [("render", "permanent_error")]
+
+
+async def test_an_unrendered_message_is_rendered_again_when_it_is_retried(
+    database: Database,
+    session: AsyncSession,
+    tenant: Tenant,
+    smtp_sink: tuple[Controller, Path],
+) -> None:
+    """Only its subject is kept after an attempt, so a retry must render the body again."""
+    controller, outbox = smtp_sink
+    message = templated_message(
+        tenant_info(tenant),
+        template="birthday",
+        to=schemas.Address(email="ada@example.net", name="Ada"),
+        variables={"contact": {"email": "ada@example.net", "name": "Ada", "attributes": {}}},
+        lane="scheduled",
+    )
+    await accept_messages(session, [message])
+    await session.commit()
+    repo = DeliveryRepository(session)
+    [first] = await repo.claim([message.id], lease_seconds=60)
+    assert (first.template, first.subject) == ("birthday", None)
+    await repo.record(
+        [
+            Outcome(
+                message_id=message.id,
+                attempt=1,
+                status="retrying",
+                error_code="421",
+                error="try later",
+                not_before=first.created_at - timedelta(hours=1),  # due
+                subject="Happy birthday, Ada",
+            )
+        ],
+        [],
+    )
+    transport = smtp(controller)
+    report = await sending.deliver(database, transport, POLICY, [message.id], lease_seconds=60)
+    await transport.close()
+    assert report.sent == 1
+    [eml] = outbox.glob("*.eml")
+    sent = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert "Ada" in sent.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert sent.get_body(("html",)) is not None

@@ -41,13 +41,14 @@ class ClaimedMessage:
     cc: list[dict[str, Any]]
     bcc: list[dict[str, Any]]
     reply_to: dict[str, Any] | None
-    subject: str | None  # None: not rendered yet; the worker renders `template` with `variables`
+    subject: str | None  # None until first rendered
     text_body: str | None
     html_body: str | None
     headers: dict[str, str]
     tags: list[str]
     message_id_header: str
     created_at: datetime
+    # Set only for a message stored without a body: the worker renders it (every attempt).
     template: str | None = None
     variables: dict[str, Any] | None = None
 
@@ -100,8 +101,9 @@ _CLAIM = text(
             OR (status = 'sending' AND lease_until < now()))
     RETURNING id, tenant_id, attempt_count, lane, sender, "to", cc, bcc, reply_to, subject,
               text_body, html_body, headers, tags, message_id_header, created_at,
-              CASE WHEN subject IS NULL THEN template END AS template,
-              CASE WHEN subject IS NULL THEN variables END AS variables
+              -- No body stored: made by a job, the worker renders it at every attempt.
+              CASE WHEN text_body IS NULL AND html_body IS NULL THEN template END AS template,
+              CASE WHEN text_body IS NULL AND html_body IS NULL THEN variables END AS variables
     """
 ).bindparams(bindparam("ids", type_=_UUIDS))
 

@@ -138,7 +138,7 @@ async def _render(
     claimed: Sequence[ClaimedMessage],
 ) -> tuple[list[ClaimedMessage], list[tuple[Outcome, list[AttemptRecord]]]]:
     """Render the messages a scheduled job left unrendered; a template that fails never will."""
-    pending = [m for m in claimed if m.subject is None and m.template is not None]
+    pending = [m for m in claimed if m.template is not None]
     if not pending:
         return list(claimed), []
     started = utcnow()
@@ -181,7 +181,7 @@ async def _attempt(
     if not result.tries:  # every circuit open: the attempt still counts, and is recorded
         result.tries.append(Try("none", started, utcnow(), result.failure()))
     outcome = _outcome(message, result, policy)
-    if message.template is not None:  # rendered here: keep the subject on the row
+    if message.template is not None:  # rendered here: show the subject on the row
         outcome = replace(outcome, subject=message.subject)
     return outcome, [_record(message, t) for t in result.tries]
 
