@@ -108,11 +108,12 @@ async def test_each_role_takes_its_own_queues_and_only_those(
         by_lane = {m.lane: [r for r in rows if r.lane == m.lane] for m in rows}
         sent = all(m.status == "sent" for m in by_lane["transactional"])
         handed = all(m.enqueued_at is not None for m in by_lane["bulk"])
-        return rows if sent and handed else None
+        # The feeder publishes after its commit: wait for the job itself, not only the rows.
+        queued = await redis_client.llen("bulk") >= 1
+        return rows if sent and handed and queued else None
 
-    rows = await eventually(transactional_sent_and_bulk_handed_over, what="the lanes to move")
     # The bulk job sits in the bulk queue: the realtime worker never takes it.
-    assert await redis_client.llen("bulk") >= 1
+    rows = await eventually(transactional_sent_and_bulk_handed_over, what="the lanes to move")
     assert {(m.status, m.attempt_count) for m in rows if m.lane == "bulk"} == {("queued", 0)}
 
     # A bulk worker takes the bulk lane…
