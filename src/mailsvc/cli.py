@@ -7,10 +7,8 @@ URLs from .mailsvc/runtime.json when MAILSVC_DATABASE_URL / MAILSVC_REDIS_URL ar
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
-import signal
 import sys
 import tempfile
 from datetime import timedelta
@@ -19,7 +17,6 @@ from typing import Any
 
 from mailsvc.config import settings
 from mailsvc.kit.logging import configure_logging, quiet_celery_chatter
-from mailsvc.worker.beat import BeatLock
 
 _TTL = re.compile(r"^(\d+)([smhdw]?)$")
 _TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -265,34 +262,14 @@ def cmd_beat(args: argparse.Namespace) -> int:
         quiet_celery_chatter()
     schedule = args.schedule or str(settings.data_dir / "celerybeat-schedule")
     Path(schedule).parent.mkdir(parents=True, exist_ok=True)
-    lock = _hold_beat_lock()
+    from mailsvc.worker.beat import BeatLock
+
+    lock = BeatLock.hold(settings.redis_url or "", ttl_seconds=settings.beat_lock_seconds)
     try:
         celery_app.start(["beat", "--schedule", schedule, "--loglevel", settings.log_level])
     finally:
         lock.release()
     return 0
-
-
-def _hold_beat_lock() -> BeatLock:
-    """Wait until no other beat runs, then keep the lease; stop at once if it is ever lost."""
-    import redis
-
-    client = redis.Redis.from_url(settings.redis_url or "", socket_timeout=5)
-    lock = BeatLock(client, ttl_seconds=settings.beat_lock_seconds)
-    log = logging.getLogger("mailsvc.beat")
-
-    def standing_by(holder: str | None) -> None:
-        log.warning("another beat holds the lock (%s); standing by", holder)
-
-    lock.wait(poll_seconds=settings.beat_lock_seconds / 3, on_wait=standing_by)
-    log.warning("beat lock taken (%s): this beat runs the schedule", lock.token)
-
-    def lost() -> None:
-        log.error("beat lock lost: stopping, so that two beats never run together")
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    lock.keep(on_lost=lost)
-    return lock
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from mailsvc.auth import scopes
 from mailsvc.kit.time import utcnow
 from mailsvc.models import Tenant
 from tests.conftest import TenantFactory, bearer
+from tests.support.api import invalid, problem
 
 ADA = {
     "name": "Ada Lovelace",
@@ -19,27 +20,6 @@ ADA = {
     "signed_up_at": "2026-01-05T09:30:00Z",
     "attributes": {"plan": "pro", "seats": 3, "tags": ["beta"]},
 }
-
-
-def problem(status: int, title: str, detail: str, slug: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "type": f"https://mailsvc.dev/problems/{slug}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        **extra,
-    }
-
-
-def invalid(loc: list[str | int], msg: str) -> dict[str, Any]:
-    """The 422 for a single field error."""
-    return problem(
-        422,
-        "Unprocessable Content",
-        f"{'.'.join(map(str, loc))}: {msg}",
-        "validation",
-        errors=[{"loc": loc, "msg": msg}],
-    )
 
 
 async def put(

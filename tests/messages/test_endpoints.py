@@ -15,19 +15,10 @@ from fastapi import FastAPI
 from mailsvc.auth import scopes
 from mailsvc.models import Tenant
 from tests.conftest import TenantFactory, bearer
+from tests.support.api import problem
 from tests.support.processes import eventually
 
 VALID = {"to": ["ada@example.net"], "subject": "Hello", "text": "Hi Ada"}
-
-
-def problem(status: int, title: str, detail: str, slug: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "type": f"https://mailsvc.dev/problems/{slug}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        **extra,
-    }
 
 
 async def post(

@@ -16,6 +16,7 @@ from mailsvc.kit.time import Clock
 from mailsvc.models import Tenant
 from mailsvc.schedules.endpoints import get_clock
 from tests.conftest import TenantFactory, bearer
+from tests.support.api import invalid, problem
 
 ONE_TIME_OF_DAY = (
     "birthday sends on each contact's birthday at one time of day: give 'minute hour * * *', "
@@ -74,27 +75,6 @@ async def fixed_clock(app: FastAPI) -> AsyncIterator[None]:
 
 
 pytestmark = pytest.mark.usefixtures("fixed_clock")
-
-
-def problem(status: int, title: str, detail: str, slug: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "type": f"https://mailsvc.dev/problems/{slug}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        **extra,
-    }
-
-
-def invalid(loc: list[str | int], msg: str) -> dict[str, Any]:
-    """The 422 for a single field error."""
-    return problem(
-        422,
-        "Unprocessable Content",
-        f"{'.'.join(map(str, loc))}: {msg}",
-        "validation",
-        errors=[{"loc": loc, "msg": msg}],
-    )
 
 
 async def put(

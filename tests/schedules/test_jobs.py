@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
@@ -157,11 +158,10 @@ async def test_weekly_report_once_per_week_to_each_admin(
         await queue_messages(session, live_tenant, 3)
     today = datetime.now(UTC).date()
     monday = date.fromordinal(today.toordinal() - today.weekday() + 7)
-    # Monday 08:59 in Berlin (07:59 UTC in winter, 06:59 in summer): not yet.
-    berlin_nine = 8 if monday.month in (1, 2, 3, 11, 12) else 7
-    before = at(monday.year, monday.month, monday.day, berlin_nine - 1, 59)
+    # Monday 08:59 in Berlin: not yet; 09:00: due.
+    after = datetime.combine(monday, time(9), ZoneInfo("Europe/Berlin")).astimezone(UTC)
+    before = after - timedelta(minutes=1)
     assert await run(live_database, jobs.run_weekly_reports, before) == 0
-    after = at(monday.year, monday.month, monday.day, berlin_nine)
     await race(live_database, jobs.run_weekly_reports, after)
     await run(live_database, jobs.run_weekly_reports, after.replace(hour=15))
     assert await sent_to(live_database, live_tenant, "weekly_report") == Counter(

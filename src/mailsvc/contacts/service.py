@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -119,3 +120,17 @@ async def list_contacts(
 
 def present(contact: Contact) -> schemas.Contact:
     return schemas.Contact.model_validate(contact, from_attributes=True)
+
+
+def contact_variables(contact: Any) -> dict[str, Any]:
+    """A contact as templates see it: `contact.email`, `contact.name`, `contact.attributes`…"""
+    birthday = getattr(contact, "birthday", None)
+    signed_up_at = getattr(contact, "signed_up_at", None)
+    return {
+        "email": contact.email,
+        "name": contact.name,
+        "timezone": getattr(contact, "timezone", "UTC"),
+        "birthday": birthday.isoformat() if birthday else None,
+        "signed_up_at": signed_up_at.isoformat() if signed_up_at else None,
+        "attributes": dict(getattr(contact, "attributes", None) or {}),
+    }

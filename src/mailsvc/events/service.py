@@ -8,7 +8,7 @@ that order. `user.activated` sets activated_at and cancels any activation remind
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,8 +22,8 @@ from mailsvc.kit.time import Clock, utcnow
 from mailsvc.messages import schemas as message_schemas
 from mailsvc.messages import service as messages
 from mailsvc.messages.repository import MessageRepository
-from mailsvc.models import Contact, Message
-from mailsvc.templates.lookup import TemplateLookup, contact_variables
+from mailsvc.models import Contact, EventMapping, Message
+from mailsvc.templates.service import TemplateLookup
 
 SIGNED_UP = "user.signed_up"
 ACTIVATED = "user.activated"
@@ -55,6 +55,11 @@ BUILTIN_EVENTS: dict[str, BuiltinEvent] = {
 
 async def _mapping(session: AsyncSession, tenant: TenantInfo, event_type: str) -> schemas.EventType:
     own = await EventMappingRepository(session).get(tenant.id, event_type)
+    return _event_type(event_type, own)
+
+
+def _event_type(event_type: str, own: EventMapping | None) -> schemas.EventType:
+    """The tenant's own mapping of a type, else the built-in one; unknown types are a 422."""
     builtin = BUILTIN_EVENTS.get(event_type)
     if own is not None:
         return schemas.EventType(
@@ -79,7 +84,7 @@ async def _mapping(session: AsyncSession, tenant: TenantInfo, event_type: str) -
     )
 
 
-def _contact_fields(body: schemas.EventCreate, now: Any) -> ContactFields:
+def _contact_fields(body: schemas.EventCreate, now: datetime) -> ContactFields:
     given = body.contact.model_dump(include=body.contact.model_fields_set - {"email"})
     if body.type == SIGNED_UP and "signed_up_at" not in given:
         given["signed_up_at"] = body.data.get("signed_up_at", now)
@@ -124,7 +129,7 @@ async def _emails(
 ) -> list[Message]:
     """The event's emails in order, each held until the one before it has gone."""
     variables = {
-        "contact": contact_variables(contact),
+        "contact": contacts.contact_variables(contact),
         "data": body.data,
         "event": {"type": body.type},
     }
@@ -150,9 +155,9 @@ async def _emails(
 
 
 async def list_event_types(session: AsyncSession, tenant: TenantInfo) -> schemas.EventTypeList:
-    own = {m.type for m in await EventMappingRepository(session).all(tenant.id)}
-    types = sorted(set(BUILTIN_EVENTS) | own)
-    return schemas.EventTypeList(data=[await _mapping(session, tenant, t) for t in types])
+    own = {m.type: m for m in await EventMappingRepository(session).all(tenant.id)}
+    types = sorted(set(BUILTIN_EVENTS) | set(own))
+    return schemas.EventTypeList(data=[_event_type(t, own.get(t)) for t in types])
 
 
 async def put_event_type(
@@ -161,5 +166,7 @@ async def put_event_type(
     lookup = TemplateLookup(session, tenant.id)
     for index, name in enumerate(body.templates):
         await lookup.source(name, loc=("body", "templates", index))
-    await EventMappingRepository(session).put(tenant.id, event_type, body.templates, body.priority)
-    return await _mapping(session, tenant, event_type)
+    own = await EventMappingRepository(session).put(
+        tenant.id, event_type, body.templates, body.priority
+    )
+    return _event_type(event_type, own)

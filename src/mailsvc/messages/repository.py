@@ -200,9 +200,6 @@ _DISPATCH_DUE = text(
     """
 )
 
-# A claim whose lease ran out belonged to a worker that died (or hung past its time limit).
-# The row is tried again, unless that already happened max_attempts times: a message that
-# kills every worker that touches it must stop somewhere.
 # Tenants with parked bulk rows: a loose index scan over ix_messages_bulk_parked, one probe per
 # tenant, however many rows each has waiting.
 _BULK_TENANTS = text(
@@ -242,6 +239,9 @@ _TAKE_BULK = text(
     """
 ).bindparams(bindparam("tenants", type_=_UUIDS), bindparam("quotas", type_=_INTS))
 
+# A claim whose lease ran out belonged to a worker that died (or hung past its time limit).
+# The row is tried again, unless that already happened max_attempts times: a message that
+# kills every worker that touches it must stop somewhere.
 _RELEASE_EXPIRED_LEASES = text(
     """
     WITH expired AS (
@@ -390,13 +390,10 @@ class MessageRepository:
         )
         return [row.id for row in result]
 
-    async def get(
-        self, tenant_id: uuid.UUID, message_id: uuid.UUID, *, fresh: bool = False
-    ) -> Message | None:
-        query = select(Message).where(Message.tenant_id == tenant_id, Message.id == message_id)
-        if fresh:  # after a statement that changed the row behind the session's back
-            query = query.execution_options(populate_existing=True)
-        result = await self.session.execute(query)
+    async def get(self, tenant_id: uuid.UUID, message_id: uuid.UUID) -> Message | None:
+        result = await self.session.execute(
+            select(Message).where(Message.tenant_id == tenant_id, Message.id == message_id)
+        )
         return result.scalar_one_or_none()
 
     async def page(

@@ -209,7 +209,6 @@ async def deliver(
     *,
     lease_seconds: int,
     throttle: Throttle | None = None,
-    renderer: TemplateRenderer | None = None,
 ) -> DeliveryReport:
     report = DeliveryReport()
     outcomes: list[Outcome] = []
@@ -234,36 +233,29 @@ async def deliver(
                 report.deferred = len(deferred)
         unwritten: list[Outcome] = []
         unwritten_attempts: list[AttemptRecord] = []
-        claimed, unrenderable = await _render(renderer or TemplateRenderer(), connection, claimed)
+        claimed, unrenderable = await _render(TemplateRenderer(), connection, claimed)
         for outcome, tried in unrenderable:
             unwritten.append(outcome)
             unwritten_attempts.extend(tried)
         # Outcomes are written as sends complete, a few at a time: a worker that dies mid-batch
         # leaves unrecorded (and so sent again) only what was in flight, not the whole batch.
         sends = [asyncio.ensure_future(_attempt(chain, policy, m)) for m in claimed]
-        if not sends:
-            if unwritten:
-                current |= await repo.record(unwritten, unwritten_attempts)
-                outcomes += unwritten
-                attempts += unwritten_attempts
-            _report(report, outcomes, attempts, current)
-            return report
         last_write = time.monotonic()
         for done in asyncio.as_completed(sends):
             outcome, tried = await done
             unwritten.append(outcome)
             unwritten_attempts.extend(tried)
             due = time.monotonic() - last_write >= RECORD_INTERVAL_SECONDS
-            if (
-                len(unwritten) >= RECORD_EVERY
-                or due
-                or len(outcomes) + len(unwritten) == len(sends) + len(unrenderable)
-            ):
+            if len(unwritten) >= RECORD_EVERY or due:
                 current |= await repo.record(unwritten, unwritten_attempts)
                 outcomes += unwritten
                 attempts += unwritten_attempts
                 unwritten, unwritten_attempts = [], []
                 last_write = time.monotonic()
+        if unwritten:  # the last few, and those that could not be rendered
+            current |= await repo.record(unwritten, unwritten_attempts)
+            outcomes += unwritten
+            attempts += unwritten_attempts
     _report(report, outcomes, attempts, current)
     return report
 

@@ -24,8 +24,9 @@ from mailsvc.messages import schemas
 from mailsvc.messages.repository import ListFilters, MessageRepository
 from mailsvc.metrics import MESSAGES_ACCEPTED
 from mailsvc.models import Message, MessageEvent, MessageStatus
+from mailsvc.templates.builtin import is_builtin
 from mailsvc.templates.engine import Rendered
-from mailsvc.templates.lookup import BUILTIN_TEMPLATES, TemplateLookup, with_defaults
+from mailsvc.templates.service import TemplateLookup, with_defaults
 from mailsvc.worker import queues
 
 SEND_TASK = "messages.send"
@@ -160,15 +161,19 @@ async def accept_messages(
         MESSAGES_ACCEPTED.labels(message.lane).inc()
         if message.enqueued_at is not None:
             queue = queues.queue_for(message.lane, message.status)
-            by_queue[queue, send_task_for(message.template)].append(str(message.id))
+            by_queue[queue, send_task_for(message.template, queue)].append(str(message.id))
     for (queue, task), ids in by_queue.items():
         for start in range(0, len(ids), batch_size):
             enqueue(session, task, queue=queue, ids=ids[start : start + batch_size])
 
 
-def send_task_for(template: str | None) -> str:
-    """Each built-in email type has its own task name, so Flower shows the kinds apart."""
-    return f"emails.{template}" if template in BUILTIN_TEMPLATES else SEND_TASK
+def send_task_for(template: str | None, queue: str) -> str:
+    """The task a send job goes as: each built-in email type has its own name on the lanes that
+    send one message kind at a time (Flower shows them apart); bulk batches mix kinds, and
+    retries come from every lane, so both go as `messages.send`."""
+    if queue in (queues.BULK, queues.RETRY) or template is None or not is_builtin(template):
+        return SEND_TASK
+    return f"emails.{template}"
 
 
 async def prepare_message(
@@ -276,7 +281,7 @@ async def cancel_message(
             f"message {message_id} is {message.status}: only scheduled, queued or retrying "
             "messages can be cancelled"
         )
-    return await get_message(session, tenant, message_id, fresh=True)
+    return await get_message(session, tenant, message_id)
 
 
 @dataclass(frozen=True)
@@ -364,7 +369,7 @@ async def send_batch(
             f"{len(errors)} of {len(bodies)} messages are invalid; none was accepted",
             errors=errors,
         )
-    await accept_messages(session, messages, batch_size=settings.bulk_batch_size)
+    await accept_messages(session, messages)  # bulk: parked for the feeder, nothing to publish
     return [
         present(m, attempts=[], events=[schemas.Event(type="accepted", at=m.created_at, detail={})])
         for m in messages
@@ -372,10 +377,10 @@ async def send_batch(
 
 
 async def get_message(
-    session: AsyncSession, tenant: TenantInfo, message_id: uuid.UUID, *, fresh: bool = False
+    session: AsyncSession, tenant: TenantInfo, message_id: uuid.UUID
 ) -> schemas.Message:
     repo = MessageRepository(session)
-    message = await repo.get(tenant.id, message_id, fresh=fresh)
+    message = await repo.get(tenant.id, message_id)
     if message is None:
         raise NotFound(f"message {message_id} does not exist")
     return (await _present_all(repo, [message]))[0]

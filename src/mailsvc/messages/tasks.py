@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailsvc.config import settings
 from mailsvc.kit.logging import log_context
 from mailsvc.messages import sending, upkeep
-from mailsvc.messages.service import send_task_for
-from mailsvc.templates.lookup import BUILTIN_TEMPLATES
+from mailsvc.messages.service import SEND_TASK, send_task_for
+from mailsvc.templates.builtin import BUILTIN_NAMES
 from mailsvc.worker import bridge, queues
 from mailsvc.worker.app import celery_app
 from mailsvc.worker.publish import queue_depths
@@ -42,7 +42,7 @@ def _send(self: Task, ids: list[str]) -> dict[str, int]:
     }
 
 
-send = celery_app.task(name="messages.send", bind=True)(_send)
+send = celery_app.task(name=SEND_TASK, bind=True)(_send)
 
 
 def _email_task(template: str) -> Task:
@@ -53,11 +53,12 @@ def _email_task(template: str) -> Task:
 
     deliver_email.__name__ = deliver_email.__qualname__ = f"send_{template}"
     deliver_email.__doc__ = f"Claim and deliver {template} emails."
-    task: Task = celery_app.task(name=send_task_for(template), bind=True)(deliver_email)
+    name = send_task_for(template, queues.TRANSACTIONAL)
+    task: Task = celery_app.task(name=name, bind=True)(deliver_email)
     return task
 
 
-EMAIL_TASKS = {template: _email_task(template) for template in BUILTIN_TEMPLATES}
+EMAIL_TASKS = {template: _email_task(template) for template in BUILTIN_NAMES}
 
 
 def _dispatch_rounds(runtime: bridge.Runtime) -> int:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.kit.outbox import enqueue
 from mailsvc.messages.repository import MessageRepository
-from mailsvc.messages.service import SEND_TASK, send_task_for
+from mailsvc.messages.service import send_task_for
 from mailsvc.worker import queues
 
 # Ids per send job when the dispatcher hands rows over: small for the latency lanes.
@@ -37,8 +37,7 @@ async def dispatch_due(session: AsyncSession, *, limit: int) -> int:
     by_queue: dict[tuple[str, str], list[str]] = defaultdict(list)
     for row in parked:
         queue = queues.queue_for(row.lane, row.status)
-        task = SEND_TASK if queue == queues.RETRY else send_task_for(row.template)
-        by_queue[queue, task].append(str(row.id))
+        by_queue[queue, send_task_for(row.template, queue)].append(str(row.id))
     for (queue, task), ids in by_queue.items():
         size = DISPATCH_BATCH.get(queue, 50)
         for start in range(0, len(ids), size):
@@ -88,7 +87,7 @@ async def feed_bulk(
     for round_of_batches in zip_longest(*batches):
         for ids in round_of_batches:
             if ids:
-                enqueue(session, SEND_TASK, queue=queues.BULK, ids=ids)
+                enqueue(session, send_task_for(None, queues.BULK), queue=queues.BULK, ids=ids)
     return len(taken)
 
 

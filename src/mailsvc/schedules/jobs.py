@@ -20,12 +20,12 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.auth.service import TenantInfo, tenant_infos
+from mailsvc.contacts.service import contact_variables
 from mailsvc.messages import schemas as message_schemas
 from mailsvc.messages import service as messages
 from mailsvc.models import Message
 from mailsvc.schedules import repository, timing
 from mailsvc.schedules.ledger import PlannedSend, RecurringSendRepository
-from mailsvc.templates.lookup import contact_variables
 from mailsvc.worker import queues
 
 BIRTHDAY = "birthday"
@@ -73,9 +73,9 @@ async def _send(
     return len(accepted)
 
 
-def _send_time(cron: str | None, default: str) -> time:
+def _send_time(cron: str | None) -> time:
     """The local time of day a daily schedule sends at: the earliest its cron names."""
-    parsed = timing.parse_cron(cron or default)
+    parsed = timing.parse_cron(cron or timing.BIRTHDAY_CRON)
     return time(min(parsed.hours), min(parsed.minutes))
 
 
@@ -84,7 +84,7 @@ async def run_birthdays(session: AsyncSession, *, now: datetime) -> int:
     schedules = await repository.effective_schedules(session, BIRTHDAY)
     by_time: dict[time, list[repository.EffectiveSchedule]] = defaultdict(list)
     for schedule in schedules:
-        by_time[_send_time(schedule.cron, timing.BIRTHDAY_CRON)].append(schedule)
+        by_time[_send_time(schedule.cron)].append(schedule)
     sent = 0
     for send_time, group in by_time.items():
         templates = {s.tenant_id: s.template for s in group}
@@ -99,7 +99,7 @@ async def run_birthdays(session: AsyncSession, *, now: datetime) -> int:
                 name=c.name,
                 period=str(c.local_date.year),
                 template=templates[c.tenant_id],
-                variables={"contact": contact_variables(c), "data": {}},
+                variables={"contact": contact_variables(c)},
             )
             for c in contacts
         ]
@@ -139,16 +139,13 @@ async def run_weekly_reports(session: AsyncSession, *, now: datetime) -> int:
     """Last week's figures to each tenant's admin addresses, on the schedule's day and time."""
     planned: list[Planned] = []
     for schedule in await repository.effective_schedules(session, WEEKLY_REPORT):
-        due = timing.weekly_report_due(
-            now,
-            timing.parse_cron(schedule.cron or timing.WEEKLY_REPORT_CRON),
-            ZoneInfo(schedule.timezone),
-        )
-        if due is None or not schedule.recipients:
+        tz = ZoneInfo(schedule.timezone)
+        cron = timing.parse_cron(schedule.cron or timing.WEEKLY_REPORT_CRON)
+        due = timing.weekly_report_due(now, cron, tz)
+        if due is None:  # (a schedule without recipients is not enabled)
             continue
         period, start, end = due
         figures = await repository.weekly_figures(session, schedule.tenant_id, start, end)
-        tz = ZoneInfo(schedule.timezone)
         report = {
             "week": period,
             "start": start.astimezone(tz).date().isoformat(),
@@ -163,11 +160,7 @@ async def run_weekly_reports(session: AsyncSession, *, now: datetime) -> int:
                 name=None,
                 period=period,
                 template=schedule.template,
-                variables={
-                    "contact": {"email": recipient, "name": None, "attributes": {}},
-                    "data": {},
-                    "report": report,
-                },
+                variables={"report": report},
             )
             for recipient in schedule.recipients
         ]

@@ -209,6 +209,7 @@ def _parse_field(
     return frozenset(values)
 
 
+@cache
 def parse_cron(expr: str) -> Cron:
     """Parse "minute hour day-of-month month day-of-week"; ValueError says what is wrong."""
     fields = expr.split()

@@ -95,14 +95,21 @@ def _read(name: str, filename: str) -> str:
     return files(__package__).joinpath("builtin", name, filename).read_text(encoding="utf-8")
 
 
-def _html(name: str) -> str:
-    """The shared <head> (viewport, responsive CSS) around a built-in's own <title> and body.
+def _shared(filename: str) -> str:
+    return files(__package__).joinpath("builtin", filename).read_text(encoding="utf-8")
 
-    A built-in's html.html holds its <title> line, then everything after <head>.
+
+def _html(name: str, *, transactional: bool) -> str:
+    """A built-in's own <title> and body inside the shared <head> and footer.
+
+    A built-in's html.html holds its <title> line, then its body up to the footer. The footer
+    says why the mail came: an account's service message, or, for the others, a customer's
+    mail with an unsubscribe link when one is given.
     """
-    head = files(__package__).joinpath("builtin", "_head.html").read_text(encoding="utf-8")
     title, _, body = _read(name, "html.html").partition("\n")
-    return head.replace("<!-- title -->", title) + body
+    note = _shared("_note_account.html" if transactional else "_note_customer.html")
+    head = _shared("_head.html").replace("<!-- title -->", title)
+    return head + body + _shared("_foot.html").replace("<!-- note -->\n", note)
 
 
 @cache
@@ -114,7 +121,7 @@ def builtin_templates() -> Mapping[str, TemplateSource]:
                 name=name,
                 subject=_read(name, "subject.txt").strip(),
                 text=_read(name, "text.txt"),
-                html=_html(name),
+                html=_html(name, transactional=about.transactional),
                 transactional=about.transactional,
                 version=BUILTIN_VERSION,
                 builtin=True,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import builtins
 import uuid
 from collections.abc import Collection
+from typing import Any
 
-from sqlalchemy import ARRAY, Text, bindparam, func, select, text
+from sqlalchemy import ARRAY, Row, Text, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -28,7 +29,7 @@ _LOAD = text(
 )
 
 
-def source_of(row: Template) -> TemplateSource:
+def source_of(row: Template | Row[Any]) -> TemplateSource:
     """A tenant's row as the engine sees it."""
     return TemplateSource(
         name=row.name,
@@ -109,15 +110,4 @@ async def load_templates(
         _LOAD,
         {"tenant_ids": [k[0] for k in unique], "names": [k[1] for k in unique]},
     )
-    return {
-        (row.tenant_id, row.name): TemplateSource(
-            name=row.name,
-            subject=row.subject,
-            text=row.text_body,
-            html=row.html_body,
-            transactional=row.transactional,
-            version=row.version,
-            builtin=False,
-        )
-        for row in result
-    }
+    return {(row.tenant_id, row.name): source_of(row) for row in result}

@@ -66,9 +66,11 @@ def render_source(
     variables: Mapping[str, Any],
     *,
     loc: Loc = ("body",),
+    variables_loc: Loc | None = None,
     cache: TemplateCache = default_cache,
 ) -> Rendered:
-    """The rendered template; ValidationFailed at (*loc, "variables") for a missing variable."""
+    """The rendered template; ValidationFailed at `variables_loc` (default (*loc, "variables"))
+    for a missing variable, at (*loc, "template") for anything else."""
     try:
         compiled = cache.compile(source, cache_key=cache_key(tenant_id, source))
     except TemplateSyntaxProblem as exc:
@@ -77,9 +79,11 @@ def render_source(
     try:
         return compiled.render(variables)
     except TemplateRenderError as exc:
-        where = "variables" if exc.missing_variable else "template"
+        where = (
+            (variables_loc or (*loc, "variables")) if exc.missing_variable else (*loc, "template")
+        )
         message = f"template {source.name!r}, {exc.field}: {exc.reason}"
-        raise ValidationFailed(message, errors=[FieldError((*loc, where), message)]) from exc
+        raise ValidationFailed(message, errors=[FieldError(where, message)]) from exc
 
 
 async def render(
@@ -93,6 +97,41 @@ async def render(
     """Template `name` rendered for a request: every failure is a 422 naming its field."""
     source = await resolve(session, tenant_id, name, loc=(*loc, "template"))
     return render_source(tenant_id, source, variables, loc=loc)
+
+
+class TemplateLookup:
+    """One tenant's templates for the length of a request: each name is looked up once."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        tenant_id: uuid.UUID,
+        *,
+        variables_loc: Loc | None = None,  # where the caller's variables are, for errors
+    ) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+        self.variables_loc = variables_loc
+        self._sources: dict[str, TemplateSource] = {}
+
+    async def source(self, name: str, *, loc: Loc) -> TemplateSource:
+        if name not in self._sources:
+            self._sources[name] = await resolve(self.session, self.tenant_id, name, loc=loc)
+        return self._sources[name]
+
+    def render(self, source: TemplateSource, variables: Mapping[str, Any], *, loc: Loc) -> Rendered:
+        """Render, or a 422: a missing variable names the variables, anything else the template."""
+        return render_source(
+            self.tenant_id, source, variables, loc=loc, variables_loc=self.variables_loc
+        )
+
+
+def with_defaults(
+    variables: Mapping[str, Any], *, tenant_name: str, recipient: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What every built-in may use, under the caller's own variables: tenant, contact, data."""
+    contact = {"email": recipient["email"], "name": recipient.get("name"), "attributes": {}}
+    return {"tenant": {"name": tenant_name}, "contact": contact, "data": {}, **variables}
 
 
 async def preview(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -75,6 +76,24 @@ class BeatLock:
         self.client = client
         self.ttl_ms = int(ttl_seconds * 1000)
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+
+    @classmethod
+    def hold(cls, redis_url: str, *, ttl_seconds: float) -> BeatLock:
+        """Wait until no other beat runs, then keep the lease; SIGTERM this process if lost."""
+        lock = cls(redis.Redis.from_url(redis_url, socket_timeout=5), ttl_seconds=ttl_seconds)
+
+        def standing_by(holder: str | None) -> None:
+            log.warning("another beat holds the lock (%s); standing by", holder)
+
+        lock.wait(poll_seconds=ttl_seconds / 3, on_wait=standing_by)
+        log.warning("beat lock taken (%s): this beat runs the schedule", lock.token)
+
+        def lost() -> None:
+            log.error("beat lock lost: stopping, so that two beats never run together")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        lock.keep(on_lost=lost)
+        return lock
 
     def acquire(self) -> bool:
         return bool(self.client.set(self.KEY, self.token, nx=True, px=self.ttl_ms))
