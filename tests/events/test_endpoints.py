@@ -119,6 +119,58 @@ async def test_bad_contact_fields_are_422_naming_them(
     assert ("body", "contact", "timezone") in locs
 
 
+async def test_a_birthday_in_the_future_is_422_naming_the_contacts_field(
+    client: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    body = signed_up()
+    body["contact"]["birthday"] = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()
+    response = await event(client, tenant, body)
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {"loc": ["body", "contact", "birthday"], "msg": "birthday is in the future"}
+    ]
+
+
+async def test_nul_in_event_data_is_422_naming_data(
+    client: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    response = await event(
+        client,
+        tenant,
+        {
+            "type": "user.password_changed",
+            "contact": {"email": "a@example.net"},
+            "data": {"x": "\u0000"},
+        },
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {"loc": ["body", "data"], "msg": "must not contain NUL characters"}
+    ]
+
+
+async def test_the_first_activation_counts(
+    client: httpx.AsyncClient, tenant: Tenant, session: AsyncSession
+) -> None:
+    first = {"activated_at": "2026-11-01T10:00:00+00:00"}
+    later = {"activated_at": "2026-11-05T10:00:00+00:00"}
+    for data in (first, later):
+        response = await event(
+            client,
+            tenant,
+            {"type": "user.activated", "contact": {"email": "ada@example.net"}, "data": data},
+        )
+        assert response.status_code == 202, response.text
+    contact = (
+        await session.execute(
+            select(Contact)
+            .where(Contact.tenant_id == tenant.id)
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one()
+    assert contact.activated_at == datetime(2026, 11, 1, 10, tzinfo=UTC)
+
+
 async def test_password_changed_and_profile_incomplete(
     client: httpx.AsyncClient, tenant: Tenant
 ) -> None:

@@ -199,6 +199,32 @@ async def test_crlf_in_display_name(client: httpx.AsyncClient, tenant: Tenant) -
     ]
 
 
+@pytest.mark.parametrize(
+    ("extra", "loc"),
+    [
+        ({"text": "a\u0000b"}, ["body", "text"]),
+        ({"html": "<p>\u0000</p>"}, ["body", "html"]),
+        ({"metadata": {"k": "a\u0000"}}, ["body", "metadata"]),
+    ],
+)
+async def test_nul_anywhere_stored_is_422(
+    client: httpx.AsyncClient, tenant: Tenant, extra: dict[str, Any], loc: list[str]
+) -> None:
+    """PostgreSQL stores U+0000 in neither text nor jsonb: refused, never a 500."""
+    response = await post(client, tenant, {**VALID, **extra})
+    assert response.status_code == 422
+    assert response.json()["errors"] == [{"loc": loc, "msg": "must not contain NUL characters"}]
+
+
+async def test_nul_in_template_variables_is_422(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    body = {"to": ["a@example.net"], "template": "password_changed", "variables": {"x": "\u0000"}}
+    response = await post(client, tenant, body)
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {"loc": ["body", "variables"], "msg": "must not contain NUL characters"}
+    ]
+
+
 async def test_only_x_headers(client: httpx.AsyncClient, tenant: Tenant) -> None:
     response = await post(client, tenant, {**VALID, "headers": {"Bcc": "victim@example.org"}})
     assert response.status_code == 422

@@ -8,7 +8,9 @@ from bisect import bisect_left
 import pytest
 import redis.asyncio as aioredis
 
+from mailsvc.config import RateLimitSpec
 from mailsvc.ratelimit.limiter import Bucket, Rate, RateLimiter
+from mailsvc.ratelimit.policy import RateLimits
 
 PER_MINUTE = Rate(6000, 60.0)
 
@@ -67,3 +69,20 @@ async def test_no_sliding_window_ever_exceeds_the_limit_and_a_backlog_gets_95_pe
     )
     assert busiest <= 6000
     assert len(granted_at) >= 0.95 * 6000 * 3
+
+
+async def test_limits_that_cannot_be_re_read_keep_the_last_ones() -> None:
+    """A send must not fail because the database answered nothing for a moment."""
+    loads = 0
+
+    async def load() -> dict[str, RateLimitSpec]:
+        nonlocal loads
+        loads += 1
+        if loads > 1:
+            raise ConnectionError("database gone")
+        return {"provider:smtp": RateLimitSpec(per_minute=600)}
+
+    limits = RateLimits({}, load, refresh_seconds=0.0)
+    assert await limits.provider_rate("smtp") == 9.6  # 600/min less its 4% burst, a second
+    assert await limits.provider_rate("smtp") == 9.6  # the second load failed: the same limit
+    assert loads == 2

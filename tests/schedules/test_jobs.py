@@ -4,14 +4,17 @@ when a job runs twice or two runs race. Time comes from the `now` each job is gi
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest_asyncio
 from sqlalchemy import select
 
+from mailsvc.auth.service import create_tenant
 from mailsvc.db import Database
 from mailsvc.models import Contact, Message, RecurringSend, Schedule, Tenant
 from mailsvc.schedules import jobs
@@ -42,6 +45,17 @@ async def sent_to(database: Database, tenant: Tenant, template: str) -> Counter[
 async def add_contacts(database: Database, tenant: Tenant, *contacts: dict[str, Any]) -> None:
     async with database.transaction() as session:
         session.add_all(Contact(tenant_id=tenant.id, attributes={}, **c) for c in contacts)
+
+
+@pytest_asyncio.fixture
+async def make_live_tenant_without_sender(live_database: Database) -> Tenant:
+    """A tenant row from before default senders were required."""
+    async with live_database.transaction() as session:
+        tenant = await create_tenant(
+            session, name=f"nosender-{secrets.token_hex(4)}", domains=["example.com"]
+        )
+        tenant.default_sender = None
+    return tenant
 
 
 def at(*args: int) -> datetime:
@@ -183,5 +197,24 @@ async def test_weekly_report_once_per_week_to_each_admin(
     figures = report["report"]
     year, week, _ = today.isocalendar()
     assert figures["week"] == f"{year}-W{week:02d}"
+    week_start = today - timedelta(days=today.weekday())
+    assert (figures["start"], figures["end"]) == (
+        week_start.isoformat(),
+        (week_start + timedelta(days=6)).isoformat(),  # Monday to Sunday, as the email says
+    )
     assert figures["total"] == 3
     assert figures["by_status"] == [{"status": "queued", "count": 3}]
+
+
+async def test_a_tenant_without_a_sender_is_skipped_and_the_others_still_mailed(
+    live_database: Database, live_tenant: Tenant, make_live_tenant_without_sender: Tenant
+) -> None:
+    for tenant in (live_tenant, make_live_tenant_without_sender):
+        await add_contacts(
+            live_database,
+            tenant,
+            {"email": "may@example.net", "birthday": date(1990, 5, 4), "timezone": "UTC"},
+        )
+    await run(live_database, jobs.run_birthdays, at(2026, 5, 4, 12))
+    assert await sent_to(live_database, live_tenant, "birthday") == Counter({"may@example.net": 1})
+    assert await sent_to(live_database, make_live_tenant_without_sender, "birthday") == Counter()

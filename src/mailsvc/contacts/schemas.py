@@ -6,12 +6,12 @@ a clock; everything else is checked here.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
+from mailsvc.kit.json import has_nul, json_size
 from mailsvc.kit.time import check_time_zone
 from mailsvc.messages.schemas import HeaderText, normalise_email
 
@@ -38,26 +38,16 @@ def _in_utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC) if value is not None else None
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
 def _check_attributes(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
     if len(value) > MAX_ATTRIBUTES:
         raise ValueError(f"at most {MAX_ATTRIBUTES} attributes are allowed; got {len(value)}")
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    size = json_size(value)
     if size > MAX_ATTRIBUTES_BYTES:
         raise ValueError(
             f"attributes are {size} bytes as JSON; at most {MAX_ATTRIBUTES_BYTES} are allowed"
         )
     # PostgreSQL's jsonb cannot hold U+0000.
-    if _has_nul(value):
+    if has_nul(value):
         raise ValueError("attributes must not contain NUL characters")
     return value
 

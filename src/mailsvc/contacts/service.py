@@ -31,18 +31,20 @@ def _normalised(email: str) -> str | None:
         return None
 
 
-def _check_not_in_future(fields: schemas.ContactFields, now: datetime) -> None:
+def _check_not_in_future(
+    fields: schemas.ContactFields, now: datetime, loc: tuple[str | int, ...]
+) -> None:
     errors = []
     # A birthday is a calendar date where the contact lives: today in Auckland can be
     # tomorrow in UTC. When the body gives no zone, the default (UTC) is the judge.
     today = now.astimezone(ZoneInfo(fields.timezone)).date()
     if fields.birthday is not None and fields.birthday > today:
-        errors.append(FieldError(("body", "birthday"), "birthday is in the future"))
+        errors.append(FieldError((*loc, "birthday"), "birthday is in the future"))
     latest = now + CLOCK_SKEW
     if fields.signed_up_at is not None and fields.signed_up_at > latest:
-        errors.append(FieldError(("body", "signed_up_at"), "signed_up_at is in the future"))
+        errors.append(FieldError((*loc, "signed_up_at"), "signed_up_at is in the future"))
     if fields.activated_at is not None and fields.activated_at > latest:
-        errors.append(FieldError(("body", "activated_at"), "activated_at is in the future"))
+        errors.append(FieldError((*loc, "activated_at"), "activated_at is in the future"))
     if errors:
         detail = "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in errors)
         raise ValidationFailed(detail, errors=errors)
@@ -55,6 +57,7 @@ async def upsert_contact(
     fields: schemas.ContactFields,
     *,
     clock: Clock = utcnow,
+    loc: tuple[str | int, ...] = ("body",),
 ) -> tuple[Contact, bool]:
     """Create the contact, or update it: only the fields set on `fields` are written, so the
     others keep their stored values. Returns the row and whether it was created.
@@ -65,7 +68,7 @@ async def upsert_contact(
     if normalised is None:
         message = f"{email!r} is not a valid email address"
         raise ValidationFailed(message, errors=[FieldError(("email",), message)])
-    _check_not_in_future(fields, clock())
+    _check_not_in_future(fields, clock(), loc)
     return await ContactRepository(session).upsert(
         tenant_id,
         normalised,

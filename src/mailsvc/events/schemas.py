@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mailsvc.contacts.schemas import ContactFields, normalise_contact_email
+from mailsvc.kit.json import json_size, no_nul
 from mailsvc.messages.schemas import Message, Priority
 
 EVENT_TYPE = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,3}$"
@@ -22,7 +22,7 @@ class EventContact(ContactFields):
 
 
 def _check_data(value: dict[str, Any]) -> dict[str, Any]:
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    size = json_size(value)
     if size > MAX_DATA_BYTES:
         raise ValueError(f"data is {size} bytes as JSON; at most {MAX_DATA_BYTES} are allowed")
     return value
@@ -35,7 +35,9 @@ class EventCreate(BaseModel):
 
     type: Annotated[str, Field(pattern=EVENT_TYPE, max_length=64)]
     contact: EventContact
-    data: Annotated[dict[str, Any], AfterValidator(_check_data)] = Field(default_factory=dict)
+    data: Annotated[dict[str, Any], AfterValidator(_check_data), AfterValidator(no_nul)] = Field(
+        default_factory=dict
+    )
 
 
 class EventAccepted(BaseModel):

@@ -84,17 +84,24 @@ def _event_type(event_type: str, own: EventMapping | None) -> schemas.EventType:
     )
 
 
-def _contact_fields(body: schemas.EventCreate, now: datetime) -> ContactFields:
+def _contact_fields(
+    body: schemas.EventCreate, now: datetime
+) -> tuple[ContactFields, datetime | None]:
+    """The contact's fields to write, and for `user.activated`, when it activated (set only if
+    the contact has no activation yet: the first one counts)."""
     given = body.contact.model_dump(include=body.contact.model_fields_set - {"email"})
     if body.type == SIGNED_UP and "signed_up_at" not in given:
         given["signed_up_at"] = body.data.get("signed_up_at", now)
+    activated = None
     if body.type == ACTIVATED and "activated_at" not in given:
-        given["activated_at"] = body.data.get("activated_at", now)
+        activated = {"activated_at": body.data.get("activated_at", now)}
     try:
-        return ContactFields.model_validate(given)
+        fields = ContactFields.model_validate(given)
+        at = ContactFields.model_validate(activated).activated_at if activated else None
     except ValueError as exc:  # a data.signed_up_at that is not a time with an offset
         problem = f"data: {exc}".splitlines()[0]
         raise ValidationFailed(problem, errors=[FieldError(("body", "data"), str(exc))]) from exc
+    return fields, at
 
 
 async def record_event(
@@ -106,9 +113,14 @@ async def record_event(
 ) -> list[message_schemas.Message]:
     mapping = await _mapping(session, tenant, body.type)
     now = clock()
+    fields, activated_at = _contact_fields(body, now)
     contact, _ = await contacts.upsert_contact(
-        session, tenant.id, body.contact.email, _contact_fields(body, now), clock=clock
+        session, tenant.id, body.contact.email, fields, clock=clock, loc=("body", "contact")
     )
+    if activated_at is not None:
+        contact = (
+            await contacts.set_activated(session, tenant.id, contact.email, activated_at) or contact
+        )
     if body.type == ACTIVATED:
         await MessageRepository(session).cancel_pending(
             tenant.id, template=ACTIVATION_REMINDER, recipient=contact.email, reason=ACTIVATED

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from mailsvc.config import settings
+from mailsvc.kit.json import no_nul
 
 Priority = Literal["high", "normal", "low"]
 
@@ -91,7 +92,7 @@ def _check_metadata(metadata: dict[str, str]) -> dict[str, str]:
             raise ValueError("metadata keys must be 1-64 characters")
         if len(value) > 1024:
             raise ValueError(f"metadata value of {key!r} is longer than 1024 characters")
-    return metadata
+    return no_nul(metadata)
 
 
 _TEMPLATE_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
@@ -108,19 +109,22 @@ class MessageCreate(BaseModel):
     from_: Annotated[AddressIn | None, Field(alias="from")] = None
     reply_to: AddressIn | None = None
     subject: Annotated[HeaderText | None, Field(min_length=1, max_length=998)] = None
-    text: Annotated[str | None, Field(max_length=512 * 1024)] = None
-    html: Annotated[str | None, Field(max_length=512 * 1024)] = None
+    text: Annotated[str | None, Field(max_length=512 * 1024), AfterValidator(no_nul)] = None
+    html: Annotated[str | None, Field(max_length=512 * 1024), AfterValidator(no_nul)] = None
     headers: Annotated[dict[str, str], AfterValidator(_check_headers), Field(max_length=20)] = (
         Field(default_factory=dict)
     )
     tags: Annotated[list[str], AfterValidator(_check_tags), Field(max_length=10)] = Field(
         default_factory=list
     )
-    metadata: Annotated[dict[str, str], AfterValidator(_check_metadata), Field(max_length=20)] = (
-        Field(default_factory=dict)
-    )
+    metadata: Annotated[
+        dict[str, str],
+        AfterValidator(_check_metadata),
+        AfterValidator(no_nul),
+        Field(max_length=20),
+    ] = Field(default_factory=dict)
     template: Annotated[str | None, Field(pattern=_TEMPLATE_NAME)] = None
-    variables: dict[str, Any] | None = None
+    variables: Annotated[dict[str, Any] | None, AfterValidator(no_nul)] = None
     # Default: high for a raw message or a transactional template, normal for the others.
     priority: Priority | None = None
     send_at: AwareDatetime | None = None

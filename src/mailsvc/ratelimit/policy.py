@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
 from mailsvc.config import RateLimitSpec
 from mailsvc.ratelimit.limiter import Bucket, Rate
+
+log = logging.getLogger(__name__)
 
 Loader = Callable[[], Awaitable[Mapping[str, RateLimitSpec]]]
 
@@ -41,17 +44,25 @@ class RateLimits:
 
     async def specs(self) -> Mapping[str, RateLimitSpec]:
         if time.monotonic() >= self._fresh_until:
-            self._specs = {**self.defaults, **await self.load()}
+            try:
+                self._specs = {**self.defaults, **await self.load()}
+            except Exception:  # a send must not fail because the limits could not be re-read
+                log.exception("rate limits could not be re-read; keeping the last ones")
             self._fresh_until = time.monotonic() + self.refresh_seconds
         return self._specs
+
+    def _tenant_spec(
+        self, specs: Mapping[str, RateLimitSpec], tenant_id: uuid.UUID, lane: str
+    ) -> RateLimitSpec | None:
+        """The tenant's own limit in the lane, else the lane's limit for every tenant."""
+        return specs.get(f"tenant:{tenant_id}:{lane}") or specs.get(f"lane:{lane}")
 
     async def provider_rate(self, provider: str) -> float | None:
         """Tokens a second the provider's limits let through, or None when it has none."""
         return _slowest(buckets("provider", (await self.specs()).get(f"provider:{provider}")))
 
     async def tenant_rate(self, tenant_id: uuid.UUID, lane: str) -> float | None:
-        specs = await self.specs()
-        spec = specs.get(f"tenant:{tenant_id}:{lane}") or specs.get(f"lane:{lane}")
+        spec = self._tenant_spec(await self.specs(), tenant_id, lane)
         return _slowest(buckets("tenant", spec))
 
     async def buckets_for(
@@ -60,7 +71,7 @@ class RateLimits:
         """The tenant's bucket in the lane, and the provider's shared bucket."""
         specs = await self.specs()
         found: list[Bucket] = []
-        tenant_spec = specs.get(f"tenant:{tenant_id}:{lane}") or specs.get(f"lane:{lane}")
+        tenant_spec = self._tenant_spec(specs, tenant_id, lane)
         if tenant_spec is not None:
             found += buckets(f"tenant:{tenant_id}:{lane}", tenant_spec)
         if provider is not None and (provider_spec := specs.get(f"provider:{provider}")):

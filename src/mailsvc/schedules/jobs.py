@@ -9,11 +9,12 @@ that message, recorded, not the job. Every job takes `now`, so tests drive it wi
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -27,6 +28,8 @@ from mailsvc.models import Message
 from mailsvc.schedules import repository, timing
 from mailsvc.schedules.ledger import PlannedSend, RecurringSendRepository
 from mailsvc.worker import queues
+
+log = logging.getLogger(__name__)
 
 BIRTHDAY = "birthday"
 ACTIVATION_REMINDER = "activation_reminder"
@@ -55,6 +58,12 @@ async def _send(
     for plan in planned:
         tenant: TenantInfo | None = tenants.get(plan.tenant_id)
         if tenant is None:  # deleted meanwhile
+            continue
+        if tenant.default_sender is None:  # one tenant's gap must not stop everyone's mail
+            log.warning(
+                "recurring email skipped: the tenant has no default sender",
+                extra={"fields": {"tenant": str(tenant.id), "schedule": schedule}},
+            )
             continue
         message = messages.templated_message(
             tenant,
@@ -149,7 +158,7 @@ async def run_weekly_reports(session: AsyncSession, *, now: datetime) -> int:
         report = {
             "week": period,
             "start": start.astimezone(tz).date().isoformat(),
-            "end": (end.astimezone(tz).date()).isoformat(),
+            "end": (end.astimezone(tz).date() - timedelta(days=1)).isoformat(),  # its Sunday
             "timezone": schedule.timezone,
             **figures,
         }
