@@ -44,7 +44,7 @@ class MailgunTransport:
         self.client: httpx.AsyncClient = new_client()
 
     async def send(self, email: OutgoingEmail) -> Accepted:
-        response = await post(
+        answer = await post(
             self.client,
             self.url,
             within=self.config.timeout,
@@ -52,8 +52,7 @@ class MailgunTransport:
             headers={"Content-Type": "application/x-www-form-urlencoded"},
             auth=self.auth,
         )
-        provider_id = response.json().get("id") if response.content else None
-        return Accepted(provider_message_id=provider_id)
+        return Accepted(provider_message_id=answer.message_id(self.name, "id"))
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -54,14 +54,15 @@ class SendGridTransport:
         self.client: httpx.AsyncClient = new_client()
 
     async def send(self, email: OutgoingEmail) -> Accepted:
-        response = await post(
+        answer = await post(
             self.client,
             self.url,
             within=self.config.timeout,
             json=sendgrid_payload(email),
             headers=self.headers,
         )
-        return Accepted(provider_message_id=response.headers.get("x-message-id"))
+        # The id is in a header (a 202's body is empty), so no body can fail an accepted send.
+        return Accepted(provider_message_id=answer.headers.get("x-message-id"))
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -52,14 +52,14 @@ class SesTransport:
 
     async def send(self, email: OutgoingEmail) -> Accepted:
         body = json.dumps(ses_payload(email)).encode()
-        response = await post(
+        answer = await post(
             self.client,
             self.url,
             within=self.config.timeout,
             content=body,
             headers=self._signed_headers(body),
         )
-        return Accepted(provider_message_id=response.json().get("MessageId"))
+        return Accepted(provider_message_id=answer.message_id(self.name, "MessageId"))
 
     async def close(self) -> None:
         await self.client.aclose()

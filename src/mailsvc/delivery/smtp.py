@@ -1,4 +1,12 @@
-"""SMTP through a pool of reused aiosmtplib connections, with STARTTLS and AUTH when configured."""
+"""SMTP through a pool of reused aiosmtplib connections, with STARTTLS and AUTH when configured.
+
+A relay that refuses or drops the session before MAIL refuses us, not the message: like a refused
+HTTP key it is transient, so the chain moves on and the breaker counts it. Its code names the step
+and the outcome, `smtp_{connect,greeting,ehlo,starttls,auth}_{<reply code>,timeout,disconnected,
+failed,unsupported}` ("failed": a socket or TLS error); codes without a step are the transaction's.
+A hang-up or timeout once the message data was written is `smtp_data_unconfirmed`: the relay may
+have queued the message, so it is not sent again on a new session.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import ssl
 from dataclasses import dataclass
 
 import aiosmtplib
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
 from mailsvc.delivery.errors import PermanentDeliveryError, TransientDeliveryError
 from mailsvc.delivery.message import OutgoingEmail
@@ -38,6 +47,7 @@ class SmtpTransport:
         self._slots = asyncio.Semaphore(config.pool_size)
 
     async def _connect(self) -> aiosmtplib.SMTP:
+        """A new session ready for MAIL, or a TransientDeliveryError with the connection closed."""
         config = self.config
         tls_context = None
         if config.starttls and not config.verify_tls:
@@ -48,21 +58,39 @@ class SmtpTransport:
             hostname=config.host,
             port=config.port,
             timeout=config.timeout,
-            start_tls=config.starttls,
+            # STARTTLS is done below rather than inside connect(), so a refusal names its step.
+            start_tls=False,
             tls_context=tls_context,
         )
-        await client.connect()
-        await client.ehlo()
-        if config.username and config.password:
-            await client.login(config.username, config.password)
+        step = "connect"
+        try:
+            await client.connect()
+            step = "ehlo"
+            await client.ehlo()
+            if config.starttls:
+                step = "starttls"
+                await client.starttls()
+                step = "ehlo"  # RFC 3207: what the server offers is asked again over TLS
+                await client.ehlo()
+            if config.username and config.password:
+                step = "auth"
+                await client.login(config.username, config.password)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
+            raise _session_refused(step, exc) from exc
+        except BaseException:
+            client.close()
+            raise
         return client
 
-    async def _checkout(self, *, fresh: bool) -> aiosmtplib.SMTP:
-        while self._idle and not fresh:
+    async def _checkout(self) -> tuple[aiosmtplib.SMTP, bool]:
+        """An idle pooled session (True) or a new one (False)."""
+        while self._idle:
             client = self._idle.pop()
             if client.is_connected:
-                return client
-        return await self._connect()
+                return client, True
+            client.close()
+        return await self._connect(), False
 
     def _checkin(self, client: aiosmtplib.SMTP) -> None:
         if client.is_connected:
@@ -72,17 +100,24 @@ class SmtpTransport:
         raw = ensure_raw(email)
         recipients = email.envelope_recipients
         async with self._slots:
-            # A pooled connection the server closed while idle gets one retry on a fresh one.
-            for fresh in (False, True):
+            # From here `client` is always a session this call owns: it is pooled again or closed.
+            client, pooled = await self._checkout()
+            while True:
                 try:
-                    client = await self._checkout(fresh=fresh)
                     refused_by_address, reply = await _transaction(
                         client, email.sender.email, recipients, raw
                     )
+                except TransientDeliveryError:
+                    # smtp_data_unconfirmed: _data closed the session; never retried here.
+                    raise
                 except aiosmtplib.SMTPServerDisconnected as exc:
-                    if fresh:
+                    # Raised only before the message data was written (after it, _data raises
+                    # smtp_data_unconfirmed): nothing of the message was committed.
+                    client.close()
+                    if not pooled:
                         raise TransientDeliveryError("smtp_disconnected", str(exc)) from exc
-                    continue
+                    # A pooled connection the server closed while idle gets one retry on a new one.
+                    client, pooled = await self._connect(), False
                 except aiosmtplib.SMTPRecipientsRefused as exc:
                     await self._reset(client)
                     first = exc.recipients[0]
@@ -90,34 +125,48 @@ class SmtpTransport:
                 except aiosmtplib.SMTPResponseException as exc:
                     await self._reset(client)
                     raise _classify(exc.code, exc.message) from exc
-                except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                except (aiosmtplib.SMTPException, OSError) as exc:
+                    client.close()
                     raise TransientDeliveryError(
                         "smtp_connection", str(exc) or type(exc).__name__
                     ) from exc
-                self._checkin(client)
-                # Some recipients may have been refused while others were accepted: the message
-                # went out, and the refusals are kept with the attempt.
-                refused = "; ".join(
-                    f"{address}: {response.code} {response.message}"
-                    for address, response in refused_by_address.items()
-                )
-                return Accepted(provider_message_id=None, detail=reply, refused=refused or None)
-        raise AssertionError("unreachable")
+                except BaseException:
+                    # Cancelled mid-transaction (or a bug): the session cannot be reused.
+                    client.close()
+                    raise
+                else:
+                    break
+            self._checkin(client)
+        # Some recipients may have been refused while others were accepted: the message
+        # went out, and the refusals are kept with the attempt.
+        refused = "; ".join(
+            f"{address}: {response.code} {response.message}"
+            for address, response in refused_by_address.items()
+        )
+        return Accepted(provider_message_id=None, detail=reply, refused=refused or None)
 
     async def _reset(self, client: aiosmtplib.SMTP) -> None:
         """After a refusal the session is still good once RSET clears the transaction."""
         try:
             await client.rset()
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        except (aiosmtplib.SMTPException, OSError):
             client.close()
             return
+        except BaseException:
+            client.close()
+            raise
         self._checkin(client)
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
-        for client in idle:
-            with contextlib.suppress(Exception):
-                await client.quit()
+        try:
+            for client in idle:
+                with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                    await client.quit()
+        finally:
+            # quit() leaves a session open when the server answers it with anything but 221.
+            for client in idle:
+                client.close()
 
 
 async def _transaction(
@@ -148,25 +197,31 @@ async def _transaction(
 
 
 async def _data(client: aiosmtplib.SMTP, raw: bytes) -> aiosmtplib.SMTPResponse:
-    """DATA, skipping aiosmtplib's two regex passes over the body when they would change nothing.
+    """DATA and the message, without `client.data`'s regex passes when they would change nothing.
 
     `client.data` normalises line ends and dot-stuffs every message. mailsvc's builder writes
     CRLF only and quoted-printable bodies, whose lines never start with "." (it is "=2E"), so a
     fast byte search proves the message already transparent; anything else takes the long way.
+    Sending DATA here also tells a failure before the message was handed over (raised as
+    aiosmtplib's, safe to send again) from one after it (smtp_data_unconfirmed).
     """
-    protocol = client.protocol
-    if protocol is None or b"\n." in raw or not raw.endswith(b"\r\n") or b"\r\r" in raw:
-        return await client.data(raw)
     start = await client.execute_command(b"DATA")
     if start.code != 354:
         raise aiosmtplib.SMTPDataError(start.code, start.message)
+    if b"\n." in raw or not raw.endswith(b"\r\n") or b"\r\r" in raw:
+        raw = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(raw))
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    # write() raises before writing anything when the connection is already closing.
+    protocol.write(raw + b".\r\n")
     try:
         # No await between the write and read_response, so the reply cannot arrive unexpected.
-        protocol.write(raw + b".\r\n")
         response = await protocol.read_response(timeout=client.timeout)
-    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
         client.close()
-        raise
+        # It may be queued: a later send (the chain's) is at-least-once, with the same Message-ID.
+        raise TransientDeliveryError("smtp_data_unconfirmed", str(exc)) from exc
     if response.code != 250:
         raise aiosmtplib.SMTPDataError(response.code, response.message)
     return response
@@ -176,3 +231,29 @@ def _classify(code: int, message: str) -> TransientDeliveryError | PermanentDeli
     if 400 <= code < 500:
         return TransientDeliveryError(f"smtp_{code}", message)
     return PermanentDeliveryError(f"smtp_{code}", message)
+
+
+def _session_refused(step: str, exc: aiosmtplib.SMTPException | OSError) -> TransientDeliveryError:
+    """What a failure while opening the session amounts to (see the module docstring)."""
+    failure: BaseException = exc
+    if isinstance(exc, aiosmtplib.SMTPConnectResponseError):
+        step = "greeting"
+    elif isinstance(exc, aiosmtplib.SMTPConnectError) and isinstance(
+        exc.__cause__, aiosmtplib.SMTPException
+    ):
+        # connect() covers the TCP connect and the greeting: an SMTP-level cause (a read timeout,
+        # a hang-up) means TCP was up and it is the greeting that failed.
+        step, failure = "greeting", exc.__cause__
+    if isinstance(failure, aiosmtplib.SMTPResponseException):
+        return TransientDeliveryError(
+            f"smtp_{step}_{failure.code}", f"{failure.code} {failure.message}"
+        )
+    if isinstance(failure, TimeoutError):
+        outcome = "timeout"
+    elif isinstance(failure, aiosmtplib.SMTPServerDisconnected):
+        outcome = "disconnected"
+    elif isinstance(failure, OSError):
+        outcome = "failed"
+    else:  # the server does not offer STARTTLS, or no AUTH mechanism that we know
+        outcome = "unsupported"
+    return TransientDeliveryError(f"smtp_{step}_{outcome}", str(exc) or type(exc).__name__)
