@@ -6,6 +6,10 @@ validated, so this builder writes the same wire format itself:
 
 - headers folded at 78 columns, non-ASCII text as RFC 2047 encoded words (UTF-8, base64);
 - display names quoted per RFC 5322 when they hold specials;
+- text that merely looks like an encoded word ("=?utf-8?b?…?=") is itself encoded, so a
+  receiver shows it as typed instead of decoding it (to CR/LF, say);
+- a header value with a line break or control character is refused (kit/headers.py): the API
+  refuses them already, and a builder that wrote one would be writing a header injection;
 - bodies in quoted-printable (RFC 2045), lines ending in CRLF;
 - multipart/alternative with a boundary that starts with "=_", which quoted-printable output
   can never contain, so it cannot collide with a body.
@@ -22,11 +26,14 @@ import re
 from email.utils import format_datetime
 
 from mailsvc.delivery.message import Address, OutgoingEmail
+from mailsvc.kit.headers import unsafe_character
 
 _MAX_LINE = 78
 # RFC 2047: an encoded word is at most 75 characters; "=?utf-8?b?" + "?=" take 12 of them.
 _WORD_PAYLOAD_BYTES = 45  # 45 bytes -> 60 base64 characters -> 72-character words
-_ATOM_SAFE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*$")
+_ATOM_SAFE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
+_LOOKS_ENCODED = "=?"  # RFC 2047: where a decoder would start an encoded word
+_FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322: printable ASCII but the colon
 
 
 def encoded_words(text: str) -> list[str]:
@@ -58,7 +65,17 @@ def _fold(name: str, tokens: list[str], separator: str = " ") -> str:
     return "\r\n".join(lines)
 
 
+def _safe(name: str, value: str) -> str:
+    bad = unsafe_character(value)
+    if bad is not None:
+        raise ValueError(f"the {name} header would carry {bad}, a line break or control character")
+    return value
+
+
 def _text_header(name: str, value: str) -> str:
+    _safe(name, value)
+    if _LOOKS_ENCODED in value:
+        return _fold(name, encoded_words(value))
     if len(name) + len(value) + 2 <= _MAX_LINE and str.isascii(value):
         return f"{name}: {value}"
     words = value.split(" ")
@@ -70,9 +87,10 @@ def _text_header(name: str, value: str) -> str:
 
 
 def _display_name(name: str) -> list[str]:
-    if not str.isascii(name):
+    _safe("display name", name)
+    if not str.isascii(name) or _LOOKS_ENCODED in name:
         return encoded_words(name)
-    if _ATOM_SAFE.match(name):
+    if _ATOM_SAFE.fullmatch(name):
         return name.split(" ")
     return ['"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"']
 
@@ -121,7 +139,10 @@ def build_mime(email: OutgoingEmail) -> bytes:
         f"Message-ID: {email.message_id_header}",
         "MIME-Version: 1.0",
     ]
-    headers += [_text_header(name, value) for name, value in email.headers.items()]
+    for name, value in email.headers.items():
+        if not _FIELD_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a header name")
+        headers.append(_text_header(name, value))
 
     bodies = [(sub, text) for sub, text in (("plain", email.text), ("html", email.html)) if text]
     if len(bodies) == 1 or not bodies:
