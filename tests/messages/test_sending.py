@@ -1,19 +1,28 @@
-"""The worker's delivery service, awaited directly: claims, outcomes, fencing, build failures."""
+"""The worker's delivery service, awaited directly: claims, outcomes, fencing, build failures,
+and the database going away while a batch is in flight."""
 
 from __future__ import annotations
 
 import asyncio
 import email
 import email.policy
+import logging
+import time
 import uuid
-from datetime import timedelta
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
+import pytest_asyncio
 from aiosmtpd.controller import Controller
 from sqlalchemy import select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from mailsvc.auth.service import tenant_info
+from mailsvc.config import async_database_url
 from mailsvc.db import Database
 from mailsvc.delivery.chain import ProviderChain
 from mailsvc.delivery.errors import PermanentDeliveryError
@@ -22,10 +31,12 @@ from mailsvc.delivery.retry import RetryPolicy
 from mailsvc.delivery.smtp import SmtpConfig, SmtpTransport
 from mailsvc.delivery.transport import Accepted
 from mailsvc.messages import schemas, sending
-from mailsvc.messages.repository import DeliveryRepository, Outcome
+from mailsvc.messages.repository import AttemptRecord, DeliveryRepository, Outcome
 from mailsvc.messages.service import accept_messages, templated_message
 from mailsvc.models import Attempt, Message, MessageEvent, Template, Tenant
 from tests.factories import queue_messages
+from tests.support.processes import eventually
+from tests.support.servers import TestServers
 
 
 def smtp(controller: Controller) -> ProviderChain:
@@ -103,6 +114,50 @@ async def test_a_live_claim_is_not_taken_but_an_expired_one_is(
     async with database.transaction() as tx:
         [again] = await DeliveryRepository(tx).claim([message_id], lease_seconds=60)
     assert again.attempt == 2
+
+
+async def test_a_claim_whose_answer_was_lost_is_taken_back_with_its_token(
+    database: Database, session: AsyncSession, tenant: Tenant
+) -> None:
+    """The connection can die after the claim commits, before its answer arrives: the worker
+    claims again with the same token and gets the rows back, as the same attempt."""
+    [message_id] = await queue_messages(session, tenant, 1)
+    ours, theirs = uuid.uuid4(), uuid.uuid4()
+    async with database.transaction() as tx:
+        await DeliveryRepository(tx).claim([message_id], lease_seconds=60, token=ours)
+    async with database.transaction() as tx:
+        assert (
+            await DeliveryRepository(tx).claim([message_id], lease_seconds=60, token=theirs) == []
+        )
+    async with database.transaction() as tx:
+        [again] = await DeliveryRepository(tx).claim([message_id], lease_seconds=60, token=ours)
+    assert again.attempt == 1
+    row = await session.get(Message, message_id, populate_existing=True)
+    assert row is not None
+    assert (row.status, row.attempt_count, row.claim_token) == ("sending", 1, ours)
+
+
+async def test_a_batch_written_again_after_its_answer_was_lost_is_recorded_once(
+    database: Database, session: AsyncSession, tenant: Tenant
+) -> None:
+    [message_id] = await queue_messages(session, tenant, 1)
+    async with database.transaction() as tx:
+        [claimed] = await DeliveryRepository(tx).claim([message_id], lease_seconds=60)
+    outcome = Outcome(
+        message_id=message_id, attempt=claimed.attempt, status="sent", provider="smtp"
+    )
+    now = claimed.created_at + timedelta(seconds=1)
+    attempt = AttemptRecord(message_id, 1, "smtp", now, now, "sent", None, None)
+    async with database.transaction() as tx:
+        assert await DeliveryRepository(tx).record([outcome], [attempt]) == {message_id}
+    async with database.transaction() as tx:  # the first write's answer never came
+        assert await DeliveryRepository(tx).record([outcome], [attempt], again=True) == {message_id}
+    tries = await session.execute(select(Attempt.number).where(Attempt.message_id == message_id))
+    assert list(tries.scalars()) == [1]
+    events = await session.execute(
+        select(MessageEvent.type).where(MessageEvent.message_id == message_id)
+    )
+    assert sorted(events.scalars()) == ["accepted", "sent"]
 
 
 async def test_a_stale_claim_cannot_record_its_outcome(
@@ -302,3 +357,263 @@ async def test_an_unrendered_message_is_rendered_again_when_it_is_retried(
     sent = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
     assert "Ada" in sent.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert sent.get_body(("html",)) is not None
+
+
+# -- the database going away while a batch is in flight ------------------------------------------
+
+WORKER = "mailsvc-test-worker"  # the application_name of the delivering worker's connections
+
+
+class HeldSmtp:
+    """The SMTP sink, with every send held until the test lets them go: the batch is in flight
+    (claimed, not yet recorded) for as long as the test needs."""
+
+    name = "smtp"
+
+    def __init__(self, controller: Controller) -> None:
+        self.smtp = SmtpTransport(SmtpConfig(host="127.0.0.1", port=controller.port))
+        self.gate = asyncio.Event()
+
+    async def send(self, message: OutgoingEmail) -> Accepted:
+        await self.gate.wait()
+        return await self.smtp.send(message)
+
+    async def close(self) -> None:
+        await self.smtp.close()
+
+
+@pytest_asyncio.fixture
+async def worker_database(servers: TestServers) -> AsyncIterator[Database]:
+    """A worker's committing database, its connections named so that a test can kill them."""
+    engine = create_async_engine(
+        async_database_url(servers.database_url),
+        pool_size=2,
+        max_overflow=2,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"application_name": WORKER}},
+    )
+    yield Database(engine, async_sessionmaker(engine, expire_on_commit=False))
+    await engine.dispose()
+
+
+async def _rows(database: Database, ids: Sequence[uuid.UUID]) -> list[tuple[str, int]]:
+    async with database.sessionmaker() as session:
+        rows = await session.execute(
+            select(Message.status, Message.attempt_count)
+            .where(Message.id.in_(ids))
+            .order_by(Message.id)
+        )
+        return [(row.status, row.attempt_count) for row in rows]
+
+
+async def _attempts(database: Database, ids: Sequence[uuid.UUID]) -> list[tuple[int, str, str]]:
+    async with database.sessionmaker() as session:
+        rows = await session.execute(
+            select(Attempt.number, Attempt.provider, Attempt.outcome).where(
+                Attempt.message_id.in_(ids)
+            )
+        )
+        return sorted((row.number, row.provider, row.outcome) for row in rows)
+
+
+async def _each_sent_once_and_recorded(
+    report: sending.DeliveryReport, database: Database, ids: Sequence[uuid.UUID], outbox: Path
+) -> None:
+    count = len(ids)
+    assert (report.claimed, report.sent, report.stale, report.unrecorded) == (count, count, 0, 0)
+    assert await _rows(database, ids) == [("sent", 1)] * len(ids)
+    assert await _attempts(database, ids) == [(1, "smtp", "sent")] * len(ids)
+    copies = _copies(outbox)
+    assert (len(copies), set(copies.values())) == (len(ids), {1})
+
+
+def _copies(outbox: Path) -> Counter[str]:
+    """Message-ID → how many copies the sink received."""
+    return Counter(
+        str(email.message_from_bytes(f.read_bytes(), policy=email.policy.default)["Message-ID"])
+        for f in outbox.glob("*.eml")
+    )
+
+
+async def _claimed_and_held(live_database: Database, ids: Sequence[uuid.UUID], count: int) -> None:
+    async def claimed() -> bool:
+        return await _rows(live_database, ids) == [("sending", 1)] * count
+
+    await eventually(claimed, what="the batch claimed")
+
+
+KEPT = "outcomes not written: the database is unavailable; keeping them and trying again (%s)"
+WRITTEN = "outcomes written: the database answers again"
+GIVEN_UP = (
+    "outcomes not written: the database did not answer before the claim's lease ran out; "
+    "the sweeper takes these messages back after it"
+)
+
+
+def _logged(caplog: pytest.LogCaptureFixture, level: int) -> list[tuple[object, dict[str, Any]]]:
+    """(message template, fields) of the delivery's lines at `level` and above."""
+    return [
+        (r.msg, getattr(r, "fields", {}))
+        for r in caplog.records
+        if r.levelno >= level
+        and r.name == "mailsvc.messages.sending"
+        and r.msg != "message %s"  # a line per message recorded
+    ]
+
+
+async def test_outcomes_whose_connection_was_killed_are_written_on_a_fresh_one(
+    worker_database: Database,
+    live_database: Database,
+    live_tenant: Tenant,
+    smtp_sink: tuple[Controller, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    controller, outbox = smtp_sink
+    caplog.set_level(logging.INFO)
+    async with live_database.transaction() as tx:
+        ids = await queue_messages(tx, live_tenant, 5)
+    transport = HeldSmtp(controller)
+    delivery = asyncio.create_task(
+        sending.deliver(worker_database, ProviderChain([transport]), POLICY, ids, lease_seconds=60)
+    )
+    await _claimed_and_held(live_database, ids, 5)
+    async with live_database.autocommit() as admin:
+        killed = await admin.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = :name"
+            ),
+            {"name": WORKER},
+        )
+        assert set(killed.scalars()) == {True}  # the claim's connection among them
+    transport.gate.set()
+    report = await asyncio.wait_for(delivery, 30)
+    await transport.close()
+
+    await _each_sent_once_and_recorded(report, live_database, ids, outbox)
+    [(kept, refused), (written, fields)] = _logged(caplog, logging.INFO)
+    assert (kept, written) == (KEPT, WRITTEN)
+    # Written a few at a time: how many had come back when the first write went out is timing.
+    assert 1 <= refused["outcomes"] <= 5
+    assert (fields["outcomes"], fields["tries"]) == (refused["outcomes"], 1)  # the server is up
+    assert [r for r in caplog.records if r.exc_info] == []
+
+
+async def test_outcomes_are_kept_through_a_database_crash_and_written_once_it_is_back(
+    servers: TestServers,
+    worker_database: Database,
+    live_database: Database,
+    live_tenant: Tenant,
+    smtp_sink: tuple[Controller, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    control = servers.database_control()
+    controller, outbox = smtp_sink
+    caplog.set_level(logging.INFO)
+    async with live_database.transaction() as tx:
+        ids = await queue_messages(tx, live_tenant, 5)
+    transport = HeldSmtp(controller)
+    delivery = asyncio.create_task(
+        sending.deliver(worker_database, ProviderChain([transport]), POLICY, ids, lease_seconds=60)
+    )
+    await _claimed_and_held(live_database, ids, 5)
+    await asyncio.to_thread(control.crash)
+    try:
+        transport.gate.set()
+
+        async def tried_and_waiting() -> bool:  # the sends went out and the first write failed
+            return len(_copies(outbox)) == 5 and len(_logged(caplog, logging.WARNING)) == 1
+
+        await eventually(tried_and_waiting, what="the sends out and the write refused")
+        assert not delivery.done()
+    finally:
+        await asyncio.to_thread(control.start)
+    report = await asyncio.wait_for(delivery, 30)
+    await transport.close()
+
+    await _each_sent_once_and_recorded(report, live_database, ids, outbox)
+    [(kept, refused), (written, fields)] = _logged(caplog, logging.INFO)
+    assert (kept, written) == (KEPT, WRITTEN)
+    assert fields["outcomes"] == refused["outcomes"]
+    assert fields["tries"] > 1  # refused while the server was down
+    assert [r for r in caplog.records if r.exc_info] == []
+
+
+async def test_outcomes_the_database_never_takes_are_given_up_at_the_deadline(
+    servers: TestServers,
+    worker_database: Database,
+    live_database: Database,
+    live_tenant: Tenant,
+    smtp_sink: tuple[Controller, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Past the deadline (the task's time limit, or the lease) the task ends; the rows stay
+    claimed until the lease runs out, then the sweeper takes them back."""
+    control = servers.database_control()
+    controller, outbox = smtp_sink
+    caplog.set_level(logging.INFO)
+    async with live_database.transaction() as tx:
+        ids = await queue_messages(tx, live_tenant, 3)
+    transport = HeldSmtp(controller)
+    delivery = asyncio.create_task(
+        sending.deliver(
+            worker_database,
+            ProviderChain([transport]),
+            POLICY,
+            ids,
+            lease_seconds=60,
+            deadline=time.monotonic() + 3,
+        )
+    )
+    await _claimed_and_held(live_database, ids, 3)
+    await asyncio.to_thread(control.crash)
+    try:
+        transport.gate.set()
+        report = await asyncio.wait_for(delivery, 30)
+    finally:
+        await asyncio.to_thread(control.start)
+    await transport.close()
+
+    assert (report.claimed, report.sent, report.stale, report.unrecorded) == (3, 0, 0, 3)
+    assert await _rows(live_database, ids) == [("sending", 1)] * 3
+    assert await _attempts(live_database, ids) == []
+    copies = _copies(outbox)
+    assert (len(copies), set(copies.values())) == (3, {1})
+    [(kept, _), (given_up, fields)] = _logged(caplog, logging.INFO)
+    assert (kept, given_up) == (KEPT, GIVEN_UP)
+    assert (fields["outcomes"], sorted(fields["message_ids"])) == (3, sorted(map(str, ids)))
+    assert [r for r in caplog.records if r.exc_info] == []
+
+
+async def test_a_providers_reply_that_postgresql_cannot_store_is_kept_readable(
+    database: Database, session: AsyncSession, tenant: Tenant
+) -> None:
+    """A relay's refusal text is outside input we can refuse: NUL or a lone surrogate in it
+    failed the outcome write after the send, so the message went out again after its lease."""
+    [message_id] = await queue_messages(session, tenant, 1)
+    async with database.transaction() as tx:
+        [claimed] = await DeliveryRepository(tx).claim([message_id], lease_seconds=60)
+    now = datetime.now(UTC)
+    reply = "550 no\x00such\udcffuser"
+    async with database.transaction() as tx:
+        current = await DeliveryRepository(tx).record(
+            [
+                Outcome(
+                    message_id,
+                    claimed.attempt,
+                    "failed",
+                    "smtp",
+                    error_code="smtp_550",
+                    error=reply,
+                )
+            ],
+            [AttemptRecord(message_id, 1, "smtp", now, now, "permanent_error", "smtp_550", reply)],
+        )
+    assert current == {message_id}
+    row = await session.get(Message, message_id, populate_existing=True)
+    assert row is not None
+    assert (row.status, row.error) == ("failed", "550 no\ufffdsuch\ufffduser")
+    attempt = (
+        await session.execute(select(Attempt).where(Attempt.message_id == message_id))
+    ).scalar_one()
+    assert attempt.error == "550 no\ufffdsuch\ufffduser"

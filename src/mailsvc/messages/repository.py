@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import TIMESTAMP, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from mailsvc.kit.json import storable
 from mailsvc.models import Attempt, Message, MessageEvent
 
 _UUIDS = ARRAY(UUID(as_uuid=True))
@@ -89,28 +90,32 @@ class Parked:
     template: str | None = None
 
 
+# Each claim carries a token: a claim whose answer was lost (the connection died while it
+# committed) is taken again by the same delivery with the same token, as the same attempt,
+# instead of waiting for its lease to run out.
 _CLAIM = text(
     """
     UPDATE messages
        SET status = 'sending',
            lease_until = now() + make_interval(secs => :lease_seconds),
-           attempt_count = attempt_count + 1,
+           attempt_count = attempt_count
+               + CASE WHEN status = 'sending' AND claim_token = :token THEN 0 ELSE 1 END,
+           claim_token = :token,
            updated_at = now()
      WHERE id = ANY(:ids)
        AND ((status IN ('queued', 'retrying') AND not_before <= now())
-            OR (status = 'sending' AND lease_until < now()))
+            OR (status = 'sending' AND (lease_until < now() OR claim_token = :token)))
     RETURNING id, tenant_id, attempt_count, lane, sender, "to", cc, bcc, reply_to, subject,
               text_body, html_body, headers, tags, message_id_header, created_at,
               -- No body stored: made by a job, the worker renders it at every attempt.
               CASE WHEN text_body IS NULL AND html_body IS NULL THEN template END AS template,
               CASE WHEN text_body IS NULL AND html_body IS NULL THEN variables END AS variables
     """
-).bindparams(bindparam("ids", type_=_UUIDS))
+).bindparams(bindparam("ids", type_=_UUIDS), bindparam("token", type_=UUID(as_uuid=True)))
 
 # One statement records a batch: the outcome of each claim that is still current (the attempt
 # number fences out a worker whose lease expired), every attempt made, and an event per outcome.
-_RECORD_DELIVERIES = text(
-    """
+_RECORD_DELIVERIES = """
     WITH outcome AS (
         SELECT * FROM unnest(:ids, :attempts, :statuses, :providers, :provider_ids, :codes,
                              :errors, :not_befores, :deferred, :subjects)
@@ -147,6 +152,9 @@ _RECORD_DELIVERIES = text(
                               error_code, error)
         SELECT * FROM unnest(:attempt_ids, :numbers, :attempt_providers, :started, :finished,
                              :outcomes, :attempt_codes, :attempt_errors)
+            AS a(message_id, number, provider, started_at, finished_at, outcome, error_code,
+                 error)
+        {new_attempts_only}
     ), logged AS (
         INSERT INTO message_events (message_id, type, detail)
         SELECT id, status,
@@ -156,8 +164,25 @@ _RECORD_DELIVERIES = text(
          WHERE NOT deferred
     )
     SELECT id FROM updated
+    {recorded_before}
     """
-).bindparams(
+
+# Written again after a failure, the same batch may have been recorded already: the connection
+# can die after the commit, before its answer. Its attempts are not inserted twice, and the
+# outcomes it recorded still count as current.
+_RECORD_AGAIN_CLAUSES = {
+    "new_attempts_only": """
+         WHERE NOT EXISTS (SELECT 1 FROM attempts AS t
+                            WHERE t.message_id = a.message_id AND t.number = a.number
+                              AND t.provider = a.provider AND t.started_at = a.started_at)""",
+    "recorded_before": """
+    UNION
+    SELECT m.id FROM messages AS m JOIN outcome AS v ON m.id = v.id
+     WHERE NOT v.deferred AND m.status = v.status AND m.attempt_count = v.attempt
+       AND m.lease_until IS NULL""",
+}
+
+_RECORD_BINDS = (
     bindparam("ids", type_=_UUIDS),
     bindparam("attempts", type_=_INTS),
     bindparam("statuses", type_=_TEXTS),
@@ -177,6 +202,10 @@ _RECORD_DELIVERIES = text(
     bindparam("attempt_codes", type_=_TEXTS),
     bindparam("attempt_errors", type_=_TEXTS),
 )
+_RECORD = text(_RECORD_DELIVERIES.format(new_attempts_only="", recorded_before="")).bindparams(
+    *_RECORD_BINDS
+)
+_RECORD_AGAIN = text(_RECORD_DELIVERIES.format(**_RECORD_AGAIN_CLAUSES)).bindparams(*_RECORD_BINDS)
 
 _DISPATCH_DUE = text(
     """
@@ -478,6 +507,10 @@ class MessageRepository:
         return [row.id for row in result]
 
 
+def new_claim_token() -> uuid.UUID:
+    return uuid.uuid4()
+
+
 class DeliveryRepository:
     """The worker's hot path: one statement to claim a batch, one to record it.
 
@@ -488,10 +521,21 @@ class DeliveryRepository:
     def __init__(self, connection: AsyncConnection | AsyncSession) -> None:
         self.connection = connection
 
-    async def claim(self, ids: Sequence[uuid.UUID], *, lease_seconds: int) -> list[ClaimedMessage]:
-        """Take the rows that are due and unclaimed; a duplicate or stale task gets nothing."""
+    async def claim(
+        self, ids: Sequence[uuid.UUID], *, lease_seconds: int, token: uuid.UUID | None = None
+    ) -> list[ClaimedMessage]:
+        """Take the rows that are due and unclaimed; a duplicate or stale task gets nothing.
+
+        `token` marks the claim: claiming again with the same token takes back the rows an
+        earlier claim of ours took, if its answer never arrived.
+        """
         result = await self.connection.execute(
-            _CLAIM, {"ids": list(ids), "lease_seconds": lease_seconds}
+            _CLAIM,
+            {
+                "ids": list(ids),
+                "lease_seconds": lease_seconds,
+                "token": token or new_claim_token(),
+            },
         )
         return [
             ClaimedMessage(
@@ -518,24 +562,29 @@ class DeliveryRepository:
         ]
 
     async def record(
-        self, outcomes: Sequence[Outcome], attempts: Sequence[AttemptRecord]
+        self,
+        outcomes: Sequence[Outcome],
+        attempts: Sequence[AttemptRecord],
+        *,
+        again: bool = False,
     ) -> set[uuid.UUID]:
         """Write outcomes, attempts and events at once; returns the ids whose claim was current.
 
         Every attempt is kept, even one whose claim went stale: it did reach the provider.
+        `again`: this batch's write failed before, and may have committed without its answer.
         """
         if not outcomes and not attempts:
             return set()
         result = await self.connection.execute(
-            _RECORD_DELIVERIES,
+            _RECORD_AGAIN if again else _RECORD,
             {
                 "ids": [o.message_id for o in outcomes],
                 "attempts": [o.attempt for o in outcomes],
                 "statuses": [o.status for o in outcomes],
                 "providers": [o.provider for o in outcomes],
-                "provider_ids": [o.provider_message_id for o in outcomes],
-                "codes": [o.error_code for o in outcomes],
-                "errors": [o.error for o in outcomes],
+                "provider_ids": [storable(o.provider_message_id) for o in outcomes],
+                "codes": [storable(o.error_code) for o in outcomes],
+                "errors": [storable(o.error) for o in outcomes],
                 "not_befores": [o.not_before for o in outcomes],
                 "deferred": [o.deferred for o in outcomes],
                 "subjects": [o.subject for o in outcomes],
@@ -545,8 +594,8 @@ class DeliveryRepository:
                 "started": [a.started_at for a in attempts],
                 "finished": [a.finished_at for a in attempts],
                 "outcomes": [a.outcome for a in attempts],
-                "attempt_codes": [a.error_code for a in attempts],
-                "attempt_errors": [a.error for a in attempts],
+                "attempt_codes": [storable(a.error_code) for a in attempts],
+                "attempt_errors": [storable(a.error) for a in attempts],
             },
         )
         return {row.id for row in result}

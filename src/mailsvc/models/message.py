@@ -127,6 +127,8 @@ class Message(Base):
         TIMESTAMP(timezone=True), server_default=func.now()
     )
     lease_until: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    # The claim that holds the lease: its worker may take the row back after a lost answer.
+    claim_token: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     # When the row was last handed to the broker; NULL while it is parked for the dispatcher.
     enqueued_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
