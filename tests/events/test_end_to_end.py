@@ -106,7 +106,7 @@ async def test_signed_up_delivers_confirmation_then_welcome(
     text = confirmation.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     link = next(word for word in text.split() if word.startswith("https://app.example.com/"))
     assert parse_qs(urlsplit(link).query)["next"] == ["/home"]
-    assert verify_link(link, now=datetime.now(UTC)) == "ada@example.net"
+    assert verify_link(link, tenant_id=live_tenant.id, now=datetime.now(UTC)) == "ada@example.net"
     html = confirmation.get_body(("html",)).get_content()  # type: ignore[union-attr]
     assert link.replace("&", "&amp;") in html
 

@@ -431,6 +431,7 @@ async def test_verify_link_names_the_address_and_refuses_a_forged_one(
     link = sign_link(
         "https://app.example.com/confirm?next=%2F",
         "ada@example.net",
+        tenant_id=tenant.id,
         now=datetime.now(UTC),
         ttl=timedelta(hours=1),
     )
@@ -450,9 +451,39 @@ async def test_verify_link_names_the_address_and_refuses_a_forged_one(
     expired = sign_link(
         "https://app.example.com/confirm",
         "ada@example.net",
+        tenant_id=tenant.id,
         now=datetime.now(UTC) - timedelta(hours=2),
         ttl=timedelta(hours=1),
     )
     old = await client.post("/v1/links/verify", json={"url": expired}, headers=bearer(tenant))
     assert old.status_code == 422
     assert old.json()["errors"][0]["msg"] == "the link is not valid: the link has expired"
+
+
+async def test_verify_link_answers_only_for_the_callers_own_links(
+    client: httpx.AsyncClient, make_tenant: TenantFactory
+) -> None:
+    """Tenant B can neither verify A's links nor mint links that A's verify accepts."""
+    a, b = await make_tenant(), await make_tenant()
+    links = {
+        t.name: sign_link(
+            "https://app.example.com/confirm",
+            "ada@example.net",
+            tenant_id=t.id,
+            now=datetime.now(UTC),
+            ttl=timedelta(hours=1),
+        )
+        for t in (a, b)
+    }
+    for caller, owner, status in ((a, a, 200), (b, b, 200), (a, b, 422), (b, a, 422)):
+        answer = await client.post(
+            "/v1/links/verify", json={"url": links[owner.name]}, headers=bearer(caller)
+        )
+        assert answer.status_code == status, (caller.name, owner.name, answer.text)
+        if status == 422:
+            assert answer.json()["errors"] == [
+                {
+                    "loc": ["body", "url"],
+                    "msg": "the link is not valid: the link's signature does not match",
+                }
+            ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -39,7 +40,7 @@ def source(
 
 
 def render(template: TemplateSource, **variables: Any) -> Rendered:
-    return CompiledTemplate(template).render(variables)
+    return CompiledTemplate(template).render(variables, tenant_id=uuid.UUID(int=1))
 
 
 def render_error(template: TemplateSource, **variables: Any) -> TemplateRenderError:
@@ -207,7 +208,7 @@ def test_cache_hits_per_version_and_a_new_version_recompiles() -> None:
 
     v2 = cache.compile(source(text="two {{ x }}", version=2), cache_key=("tenant", "t"))
     assert v2 is not first
-    assert v2.render({"x": 1}).text == "two 1"
+    assert v2.render({"x": 1}, tenant_id=uuid.UUID(int=1)).text == "two 1"
     assert (cache.hits, cache.misses) == (1, 2)
 
     other_tenant = cache.compile(v1, cache_key=("other", "t"))
@@ -221,7 +222,7 @@ def test_cache_never_serves_a_stale_source_for_a_reused_version() -> None:
 
     recompiled = cache.compile(source(text="new"), cache_key=("tenant", "t"))
 
-    assert recompiled.render({}).text == "new"
+    assert recompiled.render({}, tenant_id=uuid.UUID(int=1)).text == "new"
     assert (cache.hits, cache.misses) == (0, 2)
 
 
@@ -283,7 +284,11 @@ def test_other_errors_in_a_template_are_render_errors() -> None:
 def test_each_render_gets_its_own_range_budget() -> None:
     template = CompiledTemplate(source(text="{% for i in range(90000) %}{% endfor %}ok"))
 
-    assert [template.render({}).text for _ in range(3)] == ["ok", "ok", "ok"]
+    assert [template.render({}, tenant_id=uuid.UUID(int=1)).text for _ in range(3)] == [
+        "ok",
+        "ok",
+        "ok",
+    ]
 
 
 def test_a_huge_rendered_body_is_refused() -> None:
@@ -308,8 +313,14 @@ def test_signed_link_global() -> None:
     assert rendered.text is not None
     default, short = rendered.text.split("\n")
     now = utcnow()
-    assert verify_link(default, now=now + timedelta(hours=47)) == "ada@example.net"
-    assert verify_link(short, now=now + timedelta(minutes=59)) == "ada@example.net"
+    assert (
+        verify_link(default, tenant_id=uuid.UUID(int=1), now=now + timedelta(hours=47))
+        == "ada@example.net"
+    )
+    assert (
+        verify_link(short, tenant_id=uuid.UUID(int=1), now=now + timedelta(minutes=59))
+        == "ada@example.net"
+    )
     assert rendered.html is not None
     assert rendered.html.startswith('<a href="https://app.example.com/c?u=1&amp;token=')
 

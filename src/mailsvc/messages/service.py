@@ -198,7 +198,7 @@ async def prepare_message(
         variables = with_defaults(
             body.variables or {}, tenant_name=tenant.name, recipient=_address(body.to[0])
         )
-        rendered = lookup.render(source, variables, loc=loc)
+        rendered = await lookup.render(source, variables, loc=loc)
         transactional = source.transactional
     priority = body.priority or ("high" if transactional else "normal")
     return build_message(

@@ -8,9 +8,11 @@ from fastapi import APIRouter, Path
 
 from mailsvc.auth.dependencies import ReadScope, TemplatesWriteScope
 from mailsvc.db import DbSession
+from mailsvc.errors import problem_responses
+from mailsvc.routing import ApiRoute
 from mailsvc.templates import schemas, service
 
-router = APIRouter(prefix="/v1/templates", tags=["templates"])
+router = APIRouter(prefix="/v1/templates", tags=["templates"], route_class=ApiRoute)
 
 TemplateName = Annotated[
     str,
@@ -38,7 +40,7 @@ async def put_template(
     return await service.put_template(session, principal.tenant_id, name, body)
 
 
-@router.post("/{name}/preview", operation_id="previewTemplate")
+@router.post("/{name}/preview", operation_id="previewTemplate", responses=problem_responses(404))
 async def preview_template(
     name: str,
     body: schemas.TemplatePreviewRequest,
@@ -49,10 +51,10 @@ async def preview_template(
     return await service.preview(session, principal.tenant, name, body.variables)
 
 
-links_router = APIRouter(prefix="/v1/links", tags=["templates"])
+links_router = APIRouter(prefix="/v1/links", tags=["templates"], route_class=ApiRoute)
 
 
 @links_router.post("/verify", operation_id="verifyLink")
 async def verify_link(body: schemas.LinkCheck, principal: ReadScope) -> schemas.LinkOwner:
-    """Check a signed link (its token) and say which address it was made for."""
-    return schemas.LinkOwner(email=service.check_link(body.url))
+    """Check a link this tenant's email carried (its token) and say which address it was for."""
+    return schemas.LinkOwner(email=service.check_link(body.url, tenant_id=principal.tenant_id))

@@ -1,9 +1,7 @@
-"""Rendering templates: a Jinja2 sandbox, strict variables, autoescaped HTML, compiled once.
+"""Compiling and rendering templates: strict variables, autoescaped HTML, compiled once.
 
-Templates are tenants' code, so they run in Jinja's immutable sandbox: no private attributes,
-no mutation of the data they are given. Beyond what the sandbox guards, rendering is bounded:
-`range` has a budget per render, `*`, `**` and `%` cannot build huge values, format widths are
-capped, and each rendered part has a maximum size.
+Every render runs in the sandbox (sandbox.py): Jinja2's immutable sandbox, within a budget of
+wall-clock time, loop iterations and the size of what it builds.
 
 Conventions for template authors:
 - a missing variable is an error (StrictUndefined); test optional ones with `is defined`;
@@ -16,38 +14,31 @@ Conventions for template authors:
 from __future__ import annotations
 
 import re
-import string
 import threading
 import traceback
+import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Mapping
-from contextvars import ContextVar
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
-from functools import lru_cache
 from typing import Any, Literal
 
-from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, Undefined, meta
+from jinja2 import Template, TemplateError, TemplateSyntaxError, meta
 from jinja2.exceptions import SecurityError, UndefinedError
-from jinja2.filters import do_center, do_format, do_indent
-from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from mailsvc.config import settings
-from mailsvc.kit.time import utcnow
-from mailsvc.templates.links import sign_link
+from mailsvc.kit.headers import one_line
+from mailsvc.templates.sandbox import (
+    MAX_BODY_CHARS,
+    RENDER_TIME_LIMIT,
+    budgeted,
+    environment,
+    render_stream,
+)
 
 Part = Literal["subject", "text", "html"]
 ErrorField = Literal["subject", "text", "html", "template"]
 
 PARTS: tuple[Part, ...] = ("subject", "text", "html")
 MAX_SUBJECT_CHARS = 998  # RFC 5322's line limit; the API takes no longer subject either
-MAX_BODY_CHARS = 4 * 1024 * 1024  # per rendered part
-MAX_RANGE_ITEMS = 100_000  # across every range() of one render
-MAX_SEQUENCE_ITEMS = 1_000_000  # what `*` may build
-MAX_EXPONENT = 256
-MAX_WIDTH = 1_000  # format widths, center() and indent()
-MAX_LINK_HOURS = 24 * 366
 CACHE_SIZE = 1024
 _FILENAME = "<template>"
 
@@ -108,179 +99,6 @@ class TemplateSyntaxProblem(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (self.__class__, (self.field, self.line, self.reason))
-
-
-# -- bounds the sandbox alone does not set -------------------------------------------------------
-
-_range_budget: ContextVar[list[int] | None] = ContextVar("template_range_budget", default=None)
-_PRINTF_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
-
-
-def _check_width(width: object) -> None:
-    if isinstance(width, int) and abs(width) > MAX_WIDTH:
-        raise SecurityError(f"a width of {width} is more than {MAX_WIDTH}")
-
-
-@lru_cache(maxsize=512)  # format strings are nearly always literals: check each once
-def _check_format_string(fmt: str) -> None:
-    """Refuse str.format specs that would build huge strings ("{:>999999999}")."""
-    try:
-        fields = list(string.Formatter().parse(fmt))
-    except ValueError:
-        return  # str.format itself reports the malformed string
-    for _, _, spec, _ in fields:
-        if not spec:
-            continue
-        if "{" in spec:
-            raise SecurityError("nested replacement fields in a format spec are not allowed")
-        for number in re.findall(r"\d+", spec):
-            _check_width(int(number))
-
-
-@lru_cache(maxsize=512)
-def _check_printf_string(fmt: str) -> None:
-    for width, precision in _PRINTF_SPEC.findall(fmt):
-        for value in (width, precision):
-            if value == "*":
-                raise SecurityError("'*' widths are not allowed in format strings")
-            if value:
-                _check_width(int(value))
-
-
-def _fail_if_undefined(value: object) -> None:
-    if isinstance(value, Undefined):
-        value._fail_with_undefined_error()
-
-
-def _bounded_range(*args: int) -> range:
-    numbers = range(*args)
-    budget = _range_budget.get()
-    if budget is not None:
-        budget[0] -= len(numbers)
-        if budget[0] < 0:
-            raise SecurityError(f"range() is limited to {MAX_RANGE_ITEMS} items in one render")
-    elif len(numbers) > MAX_RANGE_ITEMS:
-        raise SecurityError(f"range() is limited to {MAX_RANGE_ITEMS} items")
-    return numbers
-
-
-def _format_filter(value: str, *args: Any, **kwargs: Any) -> str:
-    for argument in (value, *args, *kwargs.values()):
-        _fail_if_undefined(argument)
-    _check_printf_string(str(value))
-    return do_format(value, *args, **kwargs)
-
-
-def _center_filter(value: str, width: int = 80) -> str:
-    _check_width(width)
-    return do_center(value, width)
-
-
-def _thousands_filter(value: Any) -> str:
-    """12840 -> "12,840": counts in reports read better grouped."""
-    _fail_if_undefined(value)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)
-
-
-def _indent_filter(
-    value: str, width: int | str = 4, first: bool = False, blank: bool = False
-) -> str:
-    _check_width(width if isinstance(width, int) else len(width))
-    return do_indent(value, width, first, blank)
-
-
-def signed_link(url: Any, email: Any, hours: Any = None) -> str:
-    """`url` with a signed, expiring `token` for `email` (see links.py)."""
-    _fail_if_undefined(url)
-    _fail_if_undefined(email)
-    _fail_if_undefined(hours)
-    if not isinstance(url, str) or not isinstance(email, str):
-        raise TypeError("signed_link(url, email) takes two strings")
-    ttl_hours = settings.link_ttl_hours if hours is None else hours
-    if not isinstance(ttl_hours, int | float) or not 0 < ttl_hours <= MAX_LINK_HOURS:
-        raise ValueError(f"signed_link hours must be between 0 and {MAX_LINK_HOURS}")
-    return sign_link(url, email, now=utcnow(), ttl=timedelta(hours=ttl_hours))
-
-
-def link_ttl_hours() -> int:
-    """How long signed_link's links last by default, for the text that says so."""
-    return settings.link_ttl_hours
-
-
-def _finalize(value: Any) -> Any:
-    return "" if value is None else value
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**", "%"})
-
-    def __init__(self, *, autoescape: bool) -> None:
-        super().__init__(
-            autoescape=autoescape,
-            undefined=StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-            finalize=_finalize,
-            cache_size=0,  # compiled templates are cached per version by TemplateCache
-            auto_reload=False,
-        )
-        del self.globals["lipsum"]  # lipsum(n) builds n paragraphs: a way to exhaust memory
-        self.globals.update(
-            range=_bounded_range, signed_link=signed_link, link_ttl_hours=link_ttl_hours
-        )
-        self.filters.update(
-            format=_format_filter,
-            center=_center_filter,
-            indent=_indent_filter,
-            thousands=_thousands_filter,
-        )
-
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            for sequence, times in ((left, right), (right, left)):
-                if isinstance(sequence, str | list | tuple) and isinstance(times, int):
-                    if len(sequence) * times > MAX_SEQUENCE_ITEMS:
-                        raise SecurityError(f"'*' may not build more than {MAX_SEQUENCE_ITEMS}")
-        elif operator == "**":
-            if isinstance(right, int) and isinstance(left, int) and abs(right) > MAX_EXPONENT:
-                raise SecurityError(f"exponents above {MAX_EXPONENT} are not allowed")
-        elif operator == "%" and isinstance(left, str):
-            _check_printf_string(left)
-        return super().call_binop(context, operator, left, right)
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        # Event data is plain JSON: `data.items` should read the key, not dict.items.
-        if type(obj) is dict:
-            try:
-                return obj[attribute]
-            except KeyError:
-                pass
-        return super().getattr(obj, attribute)
-
-    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
-        wrapped = super().wrap_str_format(value)
-        if wrapped is None:
-            return None
-        _check_format_string(value.__self__)
-        format_ = wrapped
-
-        def strict_format(*args: Any, **kwargs: Any) -> str:
-            # Undefined.__format__ would fail with a TypeError that hides the variable's name.
-            for argument in (*args, *kwargs.values()):
-                _fail_if_undefined(argument)
-            return format_(*args, **kwargs)
-
-        return strict_format
-
-
-_plain = _Sandbox(autoescape=False)  # subject and text
-_html = _Sandbox(autoescape=True)
-
-
-def environment(part: Part) -> ImmutableSandboxedEnvironment:
-    return _html if part == "html" else _plain
 
 
 # -- errors, as precise as Jinja lets them be ----------------------------------------------------
@@ -376,27 +194,6 @@ def check_syntax(source: TemplateSource) -> list[TemplateSyntaxProblem]:
     return problems
 
 
-def _render_part(template: Template, part: Part, variables: Mapping[str, Any]) -> str:
-    limit = MAX_SUBJECT_CHARS * 4 if part == "subject" else MAX_BODY_CHARS
-    chunks: list[str] = []
-    size = 0
-    stream: Iterator[str] = template.generate(variables)
-    for chunk in stream:
-        size += len(chunk)
-        if size > limit:
-            raise SecurityError(f"the rendered {part} is longer than {limit} characters")
-        chunks.append(chunk)
-    return "".join(chunks)
-
-
-_SUBJECT_BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
-
-
-def one_line(subject: str) -> str:
-    """A subject as one header line: line breaks and controls become spaces, runs collapsed."""
-    return " ".join(_SUBJECT_BREAKS.sub(" ", subject).split())
-
-
 class CompiledTemplate:
     """The parts of one template version, compiled; render() is safe to call from any thread."""
 
@@ -410,18 +207,27 @@ class CompiledTemplate:
         if "text" not in self._parts and "html" not in self._parts:
             raise TemplateSyntaxProblem("text", None, "a template needs a text or html part")
 
-    def render(self, variables: Mapping[str, Any]) -> Rendered:
-        """Subject, text and html; TemplateRenderError if any part fails or comes out blank."""
-        token = _range_budget.set([MAX_RANGE_ITEMS])
-        try:
+    def render(
+        self,
+        variables: Mapping[str, Any],
+        *,
+        tenant_id: uuid.UUID,
+        time_limit: float = RENDER_TIME_LIMIT,
+    ) -> Rendered:
+        """Subject, text and html for `tenant_id`'s message; TemplateRenderError if any part
+        fails, comes out blank, or the whole takes longer than `time_limit` seconds."""
+        # Set here, not by the caller: render() may run in a worker thread, with its own context.
+        with budgeted(tenant_id, time_limit):
             out: dict[Part, str | None] = {}
             for part, template in self._parts.items():
+                limit = MAX_SUBJECT_CHARS * 4 if part == "subject" else MAX_BODY_CHARS
                 try:
-                    out[part] = _render_part(template, part, variables)
+                    out[part] = render_stream(template, variables, limit=limit, what=part)
                 except Exception as exc:  # a template is tenants' code: any error is theirs
-                    raise _render_error(part, self.source.part(part) or "", exc) from exc
-        finally:
-            _range_budget.reset(token)
+                    error = _render_error(part, self.source.part(part) or "", exc)
+                    # The frames hold whatever the template built: do not keep them alive with
+                    # the error (render_one returns errors in a list for the whole batch).
+                    raise error from exc.with_traceback(None)
 
         subject = one_line(out["subject"] or "")
         if not subject:
@@ -504,4 +310,4 @@ def referenced_names(source: TemplateSource) -> tuple[str, ...]:
             names |= meta.find_undeclared_variables(env.parse(text))
         except TemplateSyntaxError:
             continue
-    return tuple(sorted(names - set(_plain.globals)))
+    return tuple(sorted(names - set(environment("text").globals)))

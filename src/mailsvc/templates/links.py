@@ -1,30 +1,33 @@
-"""Signed, expiring links for email (account confirmation): HMAC-SHA256 over who, where, until.
+"""Signed, expiring links for email (account confirmation): HMAC-SHA256 over who, where, until,
+under a key of the sending tenant's own.
 
 `sign_link` appends `token=<email>.<expiry>.<mac>` to a URL, keeping its other query parameters
 as they were written. The MAC covers the email, the URL without the token (scheme and host
 lower-cased, query parameters decoded and re-encoded, no fragment) and the expiry, so neither
-the address, the target nor the lifetime can be changed without the secret. The secret is
-MAILSVC_LINK_SECRET, or a key derived from the JWT secret when that is unset.
+the address, the target nor the lifetime can be changed without the key. The key is the
+tenant's, derived for the purpose "link" (kit.signing), so one tenant's link never verifies for
+another tenant. The secret is MAILSVC_LINK_SECRET, or the JWT secret when that is unset;
+MAILSVC_LINK_SECRET_PREVIOUS keeps links signed before a rotation valid until they expire.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import json
 import re
+import uuid
 from datetime import datetime, timedelta
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from mailsvc.config import settings
+from mailsvc.config import Settings, settings
+from mailsvc.kit.signing import Signer
 
 TOKEN_PARAM = "token"  # noqa: S105 (a query parameter name, not a secret)
-_KEY_CONTEXT = b"mailsvc/links/v1"
+PURPOSE = "link"
 # base64url(email) . expiry (unix seconds) . base64url(HMAC-SHA256), unpadded
 _TOKEN = re.compile(
-    r"^(?P<email>[A-Za-z0-9_-]+)\.(?P<expires>[0-9]{1,12})\.(?P<mac>[A-Za-z0-9_-]{43})$"
+    r"(?P<email>[A-Za-z0-9_-]+)\.(?P<expires>[0-9]{1,12})\.(?P<mac>[A-Za-z0-9_-]{43})"
 )
 
 
@@ -32,12 +35,16 @@ class InvalidLink(Exception):
     """A link whose token is missing, malformed, forged, or expired."""
 
 
-def _key() -> bytes:
-    secret = settings.link_secret or settings.jwt_secret
+def link_signer(config: Settings = settings) -> Signer:
+    """The signer of links, from the settings in force (read per call: tests change them)."""
+    secret = config.link_secret or config.jwt_secret
     if secret is None:
         raise RuntimeError("signing links needs MAILSVC_LINK_SECRET or MAILSVC_JWT_SECRET")
-    # Derived, so that a link MAC is never a value the JWT secret signs elsewhere.
-    return hmac.new(secret.get_secret_value().encode(), _KEY_CONTEXT, hashlib.sha256).digest()
+    previous = config.link_secret_previous
+    return Signer(
+        secret.get_secret_value().encode(),
+        previous.get_secret_value().encode() if previous is not None else None,
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -52,9 +59,8 @@ def _canonical(scheme: str, netloc: str, path: str, pairs: list[tuple[str, str]]
     return urlunsplit((scheme.lower(), netloc.lower(), path, urlencode(pairs), ""))
 
 
-def _mac(email: str, canonical_url: str, expires: int) -> bytes:
-    message = json.dumps([email, canonical_url, expires], separators=(",", ":")).encode()
-    return hmac.new(_key(), message, hashlib.sha256).digest()
+def _message(email: str, canonical_url: str, expires: int) -> bytes:
+    return json.dumps([email, canonical_url, expires], separators=(",", ":")).encode()
 
 
 def _aware(now: datetime) -> datetime:
@@ -63,8 +69,9 @@ def _aware(now: datetime) -> datetime:
     return now
 
 
-def sign_link(url: str, email: str, *, now: datetime, ttl: timedelta) -> str:
-    """`url` with a `token` parameter for `email` that verifies until now + ttl."""
+def sign_link(url: str, email: str, *, tenant_id: uuid.UUID, now: datetime, ttl: timedelta) -> str:
+    """`url` with a `token` parameter for `email` that verifies, for this tenant only, until
+    now + ttl."""
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         raise ValueError(f"a signed link needs an absolute http(s) URL, not {url[:100]!r}")
@@ -76,7 +83,8 @@ def sign_link(url: str, email: str, *, now: datetime, ttl: timedelta) -> str:
     if any(name == TOKEN_PARAM for name, _ in pairs):
         raise ValueError(f"the URL already has a {TOKEN_PARAM!r} parameter")
     expires = int((_aware(now) + ttl).timestamp())
-    mac = _mac(email, _canonical(parts.scheme, parts.netloc, parts.path, pairs), expires)
+    message = _message(email, _canonical(parts.scheme, parts.netloc, parts.path, pairs), expires)
+    mac = link_signer().sign(tenant_id, PURPOSE, message)
     token = f"{_b64(email.encode())}.{expires}.{_b64(mac)}"
     query = f"{parts.query}&" if parts.query else ""
     return urlunsplit(
@@ -84,14 +92,15 @@ def sign_link(url: str, email: str, *, now: datetime, ttl: timedelta) -> str:
     )
 
 
-def verify_link(url: str, *, now: datetime) -> str:
-    """The email a link was signed for; InvalidLink if it was altered or has expired."""
+def verify_link(url: str, *, tenant_id: uuid.UUID, now: datetime) -> str:
+    """The email a link was signed for by this tenant; InvalidLink if another tenant signed it,
+    or it was altered, or it has expired."""
     parts = urlsplit(url)
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     tokens = [value for name, value in pairs if name == TOKEN_PARAM]
     if len(tokens) != 1:
         raise InvalidLink("the link has no token" if not tokens else "the link has two tokens")
-    match = _TOKEN.match(tokens[0])
+    match = _TOKEN.fullmatch(tokens[0])
     if match is None:
         raise InvalidLink("the link's token is malformed")
     try:
@@ -101,8 +110,8 @@ def verify_link(url: str, *, now: datetime) -> str:
         raise InvalidLink("the link's token is malformed") from exc
     expires = int(match["expires"])
     rest = [(name, value) for name, value in pairs if name != TOKEN_PARAM]
-    expected = _mac(email, _canonical(parts.scheme, parts.netloc, parts.path, rest), expires)
-    if not hmac.compare_digest(mac, expected):
+    message = _message(email, _canonical(parts.scheme, parts.netloc, parts.path, rest), expires)
+    if not link_signer().verify(tenant_id, PURPOSE, message, mac):
         raise InvalidLink("the link's signature does not match")
     if _aware(now).timestamp() >= expires:
         raise InvalidLink("the link has expired")

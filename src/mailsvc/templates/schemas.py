@@ -12,19 +12,13 @@ MAX_SUBJECT_CHARS = 998
 MAX_BODY_BYTES = 512 * 1024
 
 
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
 def _body_size(value: str) -> str:
     if len(value.encode("utf-8")) > MAX_BODY_BYTES:
         raise ValueError(f"must be at most {MAX_BODY_BYTES // 1024} KiB (UTF-8)")
     return value
 
 
-Body = Annotated[str, AfterValidator(_no_nul), AfterValidator(_body_size)]
+Body = Annotated[str, AfterValidator(_body_size)]
 
 
 class TemplateCreate(BaseModel):
@@ -35,7 +29,6 @@ class TemplateCreate(BaseModel):
     subject: Annotated[
         str,
         Field(min_length=1, max_length=MAX_SUBJECT_CHARS, description="One line once rendered."),
-        AfterValidator(_no_nul),
     ]
     text: Body | None = None
     html: Annotated[Body | None, Field(description="Rendered with HTML autoescaping.")] = None

@@ -5,11 +5,15 @@ A name resolves to the tenant's own template first, else to the built-in of that
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from mailsvc.auth.service import TenantInfo
@@ -34,6 +38,7 @@ from mailsvc.templates.repository import TemplateRepository, load_templates, sou
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Loc = tuple[str | int, ...]
 RenderRequest = tuple[uuid.UUID, str, Mapping[str, Any]]
 
@@ -60,6 +65,22 @@ async def resolve(
     return source
 
 
+# A render is tenants' code, running for up to sandbox.RENDER_TIME_LIMIT: never on the event
+# loop, where it would hold up every other request of every tenant (/healthz included), and at
+# most a few at a time in one process, so that heavy templates queue rather than crowd the GIL.
+RENDER_THREADS = 4
+_render_limiters: dict[int, anyio.CapacityLimiter] = {}
+
+
+async def off_the_loop(work: Callable[[], T]) -> T:
+    """`work()` (a render or a compile) on a worker thread, RENDER_THREADS at once at most."""
+    loop = id(asyncio.get_running_loop())
+    limiter = _render_limiters.get(loop)
+    if limiter is None:
+        limiter = _render_limiters[loop] = anyio.CapacityLimiter(RENDER_THREADS)
+    return await anyio.to_thread.run_sync(work, limiter=limiter)
+
+
 def render_source(
     tenant_id: uuid.UUID,
     source: TemplateSource,
@@ -77,7 +98,7 @@ def render_source(
         message = f"template {source.name!r} does not compile: {exc}"
         raise ValidationFailed(message, errors=[FieldError((*loc, "template"), message)]) from exc
     try:
-        return compiled.render(variables)
+        return compiled.render(variables, tenant_id=tenant_id)
     except TemplateRenderError as exc:
         where = (
             (variables_loc or (*loc, "variables")) if exc.missing_variable else (*loc, "template")
@@ -96,7 +117,7 @@ async def render(
 ) -> Rendered:
     """Template `name` rendered for a request: every failure is a 422 naming its field."""
     source = await resolve(session, tenant_id, name, loc=(*loc, "template"))
-    return render_source(tenant_id, source, variables, loc=loc)
+    return await off_the_loop(partial(render_source, tenant_id, source, variables, loc=loc))
 
 
 class TemplateLookup:
@@ -119,10 +140,19 @@ class TemplateLookup:
             self._sources[name] = await resolve(self.session, self.tenant_id, name, loc=loc)
         return self._sources[name]
 
-    def render(self, source: TemplateSource, variables: Mapping[str, Any], *, loc: Loc) -> Rendered:
+    async def render(
+        self, source: TemplateSource, variables: Mapping[str, Any], *, loc: Loc
+    ) -> Rendered:
         """Render, or a 422: a missing variable names the variables, anything else the template."""
-        return render_source(
-            self.tenant_id, source, variables, loc=loc, variables_loc=self.variables_loc
+        return await off_the_loop(
+            partial(
+                render_source,
+                self.tenant_id,
+                source,
+                variables,
+                loc=loc,
+                variables_loc=self.variables_loc,
+            )
         )
 
 
@@ -142,7 +172,7 @@ async def preview(
     if source is None:
         raise NotFound(f"no template named {name!r}")
     context = {"tenant": {"name": tenant.name}, "data": {}, **variables}
-    rendered = render_source(tenant.id, source, context, loc=("body",))
+    rendered = await off_the_loop(partial(render_source, tenant.id, source, context, loc=("body",)))
     return schemas.TemplatePreview(subject=rendered.subject, text=rendered.text, html=rendered.html)
 
 
@@ -159,7 +189,7 @@ async def put_template(
         version=0,
         builtin=False,
     )
-    problems = check_syntax(candidate)
+    problems = await off_the_loop(partial(check_syntax, candidate))
     if problems:
         errors = [
             FieldError(("body", p.field), f"line {p.line}: {p.reason}" if p.line else p.reason)
@@ -250,10 +280,13 @@ class TemplateRenderer:
         own = await load_templates(
             connection, [(tenant_id, name) for tenant_id, name, _ in requests]
         )
-        return [
-            self.render_one(tenant_id, name, own.get((tenant_id, name)), variables)
-            for tenant_id, name, variables in requests
-        ]
+        # One thread hop for the batch: the worker's event loop keeps other sends moving.
+        return await off_the_loop(
+            lambda: [
+                self.render_one(tenant_id, name, own.get((tenant_id, name)), variables)
+                for tenant_id, name, variables in requests
+            ]
+        )
 
     def render_one(
         self,
@@ -274,15 +307,16 @@ class TemplateRenderer:
             log.exception("compiling template %r failed", name, extra={"tenant": str(tenant_id)})
             return TemplateRenderError("template", f"{type(exc).__name__}: {exc}")
         try:
-            return compiled.render(variables)
+            return compiled.render(variables, tenant_id=tenant_id)
         except TemplateRenderError as exc:
             return exc
 
 
-def check_link(url: str, *, clock: Clock = utcnow) -> str:
-    """The address a signed link was made for; a 422 naming the url if forged or expired."""
+def check_link(url: str, *, tenant_id: uuid.UUID, clock: Clock = utcnow) -> str:
+    """The address this tenant signed a link for; a 422 naming the url if another tenant signed
+    it, or it is forged or expired."""
     try:
-        return verify_link(url, now=clock())
+        return verify_link(url, tenant_id=tenant_id, now=clock())
     except InvalidLink as exc:
         problem = f"the link is not valid: {exc}"
         raise ValidationFailed(problem, errors=[FieldError(("body", "url"), problem)]) from exc
