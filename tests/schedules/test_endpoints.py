@@ -10,11 +10,13 @@ import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.auth import scopes
 from mailsvc.kit.time import Clock
 from mailsvc.models import Tenant
 from mailsvc.schedules.endpoints import get_clock
+from mailsvc.schedules.repository import ScheduleRepository
 from tests.conftest import TenantFactory, bearer
 from tests.support.api import invalid, problem
 
@@ -176,6 +178,77 @@ async def test_weekly_report_on_another_day(client: httpx.AsyncClient, tenant: T
     assert response.json()["description"].endswith("at the times of cron '0 8,17 * * 1-5' (UTC).")
 
 
+async def test_a_report_that_next_fires_years_away(
+    client: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    # Issue 9: days 1, 8, 15, 22 and 29 of March (a day-of-month starting with '*' is ANDed with
+    # the day of week) on a Sunday: March 2026 had five; the next is in 2037.
+    body = {"enabled": True, "cron": "0 9 */7 3 0", "recipients": ["a@example.com"]}
+    response = await put(client, tenant, "weekly_report", body)
+    assert response.status_code == 200
+    expected = {
+        **WEEKLY,
+        "enabled": True,
+        "cron": "0 9 */7 3 0",
+        "recipients": ["a@example.com"],
+        "next_run": "2037-03-01T09:00:00Z",
+        "description": "Last week's figures (Monday to Sunday, UTC) to the recipients, "
+        "at the times of cron '0 9 */7 3 0' (UTC).",
+    }
+    assert response.json() == expected
+    assert await listed(client, tenant) == [BIRTHDAY, ACTIVATION, expected]
+
+
+async def test_a_stored_cron_that_cannot_run_is_listed_with_why(
+    client: httpx.AsyncClient, tenant: Tenant, session: AsyncSession
+) -> None:
+    # Rows the API refuses today, as an older release or a hand-made UPDATE could leave them.
+    repository = ScheduleRepository(session)
+    await repository.put(
+        tenant.id,
+        "weekly_report",
+        enabled=True,
+        cron="0 9 30 2 *",
+        days=None,
+        timezone="UTC",
+        template=None,
+        recipients=["a@example.com"],
+    )
+    await repository.put(
+        tenant.id,
+        "birthday",
+        enabled=True,
+        cron="0 9 * * *",
+        days=None,
+        timezone="Mars/Olympus",
+        template=None,
+        recipients=[],
+    )
+    await session.commit()
+    assert await listed(client, tenant) == [
+        {
+            **BIRTHDAY,
+            "timezone": "Mars/Olympus",
+            "next_run": None,
+            "description": BIRTHDAY_DESCRIPTION.format(at="09:00")
+            + " It does not run until its settings are saved again: cron '0 9 * * *' in time "
+            "zone 'Mars/Olympus': 'No time zone found with key Mars/Olympus'",
+        },
+        ACTIVATION,
+        {
+            **WEEKLY,
+            "enabled": True,
+            "cron": "0 9 30 2 *",
+            "recipients": ["a@example.com"],
+            "next_run": None,
+            "description": "Last week's figures (Monday to Sunday, UTC) to the recipients, "
+            "weekly (UTC). It does not run until its settings are saved again: cron "
+            "'0 9 30 2 *' in time zone 'UTC': day-of-month: '30' never falls in month '2', "
+            "so the cron never fires",
+        },
+    ]
+
+
 async def test_tenants_see_only_their_own(
     client: httpx.AsyncClient, make_tenant: TenantFactory
 ) -> None:
@@ -223,6 +296,12 @@ async def test_unknown_schedule(client: httpx.AsyncClient, tenant: Tenant) -> No
             {"cron": "0 9 * * 8"},
             ["body", "cron"],
             "day-of-week: 8 is out of range 0-7",
+        ),
+        (
+            "weekly_report",
+            {"cron": "0 9 30 2 */2", "recipients": ["a@example.com"]},
+            ["body", "cron"],
+            "day-of-month: '30' never falls in month '2', so the cron never fires",
         ),
         (
             "birthday",

@@ -218,3 +218,49 @@ async def test_a_tenant_without_a_sender_is_skipped_and_the_others_still_mailed(
     await run(live_database, jobs.run_birthdays, at(2026, 5, 4, 12))
     assert await sent_to(live_database, live_tenant, "birthday") == Counter({"may@example.net": 1})
     assert await sent_to(live_database, make_live_tenant_without_sender, "birthday") == Counter()
+
+
+async def test_a_stored_schedule_that_cannot_run_is_skipped_and_the_others_still_mailed(
+    live_database: Database, live_tenant: Tenant
+) -> None:
+    """Rows the API would refuse today (an older release's, or edited by hand) used to raise in
+    the job and stop it for every tenant."""
+    async with live_database.transaction() as session:
+        broken = await create_tenant(
+            session, name=f"broken-{secrets.token_hex(4)}", domains=["example.com"]
+        )
+        session.add_all(
+            [
+                Schedule(tenant_id=broken.id, name="birthday", enabled=True, cron="61 9 * * *"),
+                Schedule(
+                    tenant_id=broken.id,
+                    name="weekly_report",
+                    enabled=True,
+                    timezone="Mars/Olympus",
+                    recipients=["ops@example.net"],
+                ),
+                Schedule(
+                    tenant_id=live_tenant.id,
+                    name="weekly_report",
+                    enabled=True,
+                    timezone="UTC",
+                    recipients=["ops@example.net"],
+                ),
+            ]
+        )
+    for tenant in (live_tenant, broken):
+        await add_contacts(
+            live_database,
+            tenant,
+            {"email": "june@example.net", "birthday": date(1990, 6, 2), "timezone": "UTC"},
+        )
+    await run(live_database, jobs.run_birthdays, at(2026, 6, 2, 12))
+    assert await sent_to(live_database, live_tenant, "birthday") == Counter({"june@example.net": 1})
+    assert await sent_to(live_database, broken, "birthday") == Counter()
+    today = datetime.now(UTC).date()
+    monday = date.fromordinal(today.toordinal() - today.weekday() + 7)
+    await run(live_database, jobs.run_weekly_reports, datetime.combine(monday, time(12), UTC))
+    assert await sent_to(live_database, live_tenant, "weekly_report") == Counter(
+        {"ops@example.net": 1}
+    )
+    assert await sent_to(live_database, broken, "weekly_report") == Counter()

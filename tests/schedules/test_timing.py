@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -26,6 +26,7 @@ NEW_YORK = ZoneInfo("America/New_York")
 NINE = time(9, 0)
 UTC_ZONE = ZoneInfo("UTC")
 FIVE_FIELDS = "expected 5 fields (minute hour day-of-month month day-of-week)"
+NEVER = "so the cron never fires"
 
 
 def utc(
@@ -61,8 +62,11 @@ def utc(
         ("*/0 9 * * *", "minute: step '0' in '*/0' is not a whole number of at least 1"),
         ("*/x 9 * * *", "minute: step 'x' in '*/x' is not a whole number of at least 1"),
         ("0,,30 9 * * *", "minute: empty item in list '0,,30'"),
-        ("0 9 31 2 *", "day-of-month: '31' never falls in month '2'"),
-        ("0 9 31 4,6,9,11 *", "day-of-month: '31' never falls in month '4,6,9,11'"),
+        ("0 9 31 2 *", f"day-of-month: '31' never falls in month '2', {NEVER}"),
+        ("0 9 31 4,6,9,11 *", f"day-of-month: '31' never falls in month '4,6,9,11', {NEVER}"),
+        # ANDed with a day-of-week that starts with '*': still no such day, on any weekday.
+        ("0 9 30 2 */2", f"day-of-month: '30' never falls in month '2', {NEVER}"),
+        ("0 9 30,31 feb */7", f"day-of-month: '30,31' never falls in month 'feb', {NEVER}"),
     ],
 )
 def test_parse_errors(expr: str, message: str) -> None:
@@ -108,6 +112,92 @@ def test_day_of_month_or_day_of_week_when_both_are_restricted() -> None:
         utc(2026, 11, 13, 9),  # 13 is odd and a Friday
         utc(2026, 11, 27, 9),
     ]
+
+
+def test_a_day_field_starting_with_a_star_counts_as_unrestricted() -> None:
+    # Vixie cron reads the first character: "*/7" is days 1, 8, 15, 22, 29 ANDed with Sunday,
+    # which in March happens in 2026 and then not until 2037 (issue 9).
+    cron = parse_cron("0 9 */7 3 0")
+    assert (cron.any_day, cron.any_weekday) == (True, False)
+    assert next_runs(cron, UTC, utc(2026, 2, 1), 6) == [
+        utc(2026, 3, 1, 9),
+        utc(2026, 3, 8, 9),
+        utc(2026, 3, 15, 9),
+        utc(2026, 3, 22, 9),
+        utc(2026, 3, 29, 9),
+        utc(2037, 3, 1, 9),
+    ]
+    assert cron.next_after(utc(2026, 11, 18, 10, 20), UTC) == utc(2037, 3, 1, 9)
+    # The same days spelled from a digit are restricted: either field matching is enough.
+    assert next_runs(parse_cron("0 9 1-31/7 3 0"), UTC, utc(2026, 11, 18), 3) == [
+        utc(2027, 3, 1, 9),  # a Monday, by day-of-month
+        utc(2027, 3, 7, 9),  # a Sunday
+        utc(2027, 3, 8, 9),
+    ]
+    # One set, two spellings, two meanings: "*,10" is every day ANDed with Tuesday; "10,*" is
+    # every day ORed with Tuesday. 2026-11-17 is a Tuesday.
+    assert next_runs(parse_cron("0 12 *,10 * 2"), UTC, utc(2026, 11, 18), 2) == [
+        utc(2026, 11, 24, 12),
+        utc(2026, 12, 1, 12),
+    ]
+    assert next_runs(parse_cron("0 12 10,* * 2"), UTC, utc(2026, 11, 18), 2) == [
+        utc(2026, 11, 18, 12),
+        utc(2026, 11, 19, 12),
+    ]
+    # A day-of-week starting with '*' ANDs too: the 13th, on Sundays, Wednesdays or Saturdays.
+    assert next_runs(parse_cron("0 9 13 * */3"), UTC, utc(2026, 11, 18), 2) == [
+        utc(2026, 12, 13, 9),  # a Sunday
+        utc(2027, 1, 13, 9),  # a Wednesday
+    ]
+
+
+def test_february_29() -> None:
+    leap_day = parse_cron("0 0 29 2 *")
+    assert next_runs(leap_day, UTC, utc(2026, 11, 18), 2) == [utc(2028, 2, 29), utc(2032, 2, 29)]
+    # 2100 is not a leap year.
+    assert leap_day.next_after(utc(2096, 2, 29), UTC) == utc(2104, 2, 29)
+    # A leap day on a Sunday: the longest gap any expression has, 40 years (2100 again).
+    sunday = parse_cron("0 0 29 2 */7")
+    assert next_runs(sunday, UTC, utc(2026, 11, 18), 3) == [
+        utc(2032, 2, 29),
+        utc(2060, 2, 29),
+        utc(2088, 2, 29),
+    ]
+    assert sunday.next_after(utc(2088, 2, 29), UTC) == utc(2128, 2, 29)
+    # Restricted both ways: February 29 or any Monday in February.
+    assert next_runs(parse_cron("0 9 29 2 1"), UTC, utc(2027, 2, 20), 3) == [
+        utc(2027, 2, 22, 9),
+        utc(2028, 2, 7, 9),
+        utc(2028, 2, 14, 9),
+    ]
+    assert parse_cron("0 9 29 2 1").next_after(utc(2028, 2, 28, 9), UTC) == utc(2028, 2, 29, 9)
+    # February 30 never comes, but the Mondays of February do.
+    assert parse_cron("0 9 30 2 1").next_after(utc(2026, 11, 18), UTC) == utc(2027, 2, 1, 9)
+
+
+def test_every_month_day_on_sundays_is_found_as_the_calendar_has_it() -> None:
+    # The sparsest days an expression can name: one month-day ANDed with Sunday ("*/7"), and the
+    # 1st ("*/31") ANDed with one weekday. Each is checked against a plain walk of the calendar.
+    start = date(2026, 11, 18)
+    first_on: dict[tuple[int, int, int], date] = {}
+    day = start
+    while day.year < 2067:  # 40 years: the longest gap
+        first_on.setdefault((day.month, day.day, day.isoweekday() % 7), day)
+        day += timedelta(days=1)
+    month_days = {(month, day_of_month) for month, day_of_month, _ in first_on}
+    after = utc(2026, 11, 17, 23, 59)
+    for month in range(1, 13):
+        for day_of_month in range(1, 32):
+            expr = f"0 0 {day_of_month} {month} */7"
+            if (month, day_of_month) not in month_days:
+                with pytest.raises(ValueError, match=f"^day-of-month: .* {NEVER}$"):
+                    parse_cron(expr)
+                continue
+            found = parse_cron(expr).next_after(after, UTC)
+            assert found.date() == first_on[(month, day_of_month, 0)], expr
+        for weekday in range(7):
+            found = parse_cron(f"0 0 */31 {month} {weekday}").next_after(after, UTC)
+            assert found.date() == first_on[(month, 1, weekday)]
 
 
 def test_next_after_is_strictly_after_and_reaches_rare_days() -> None:

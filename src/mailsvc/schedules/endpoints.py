@@ -8,9 +8,10 @@ from fastapi import APIRouter, Depends, Path
 
 from mailsvc.auth.dependencies import AdminScope, ReadScope
 from mailsvc.db import DbSession
-from mailsvc.errors import NotFound, ValidationFailed
+from mailsvc.errors import NotFound, ValidationFailed, problem_responses
 from mailsvc.kit.time import Clock, utcnow
 from mailsvc.models import SCHEDULE_NAMES
+from mailsvc.routing import ApiRoute
 from mailsvc.schedules import schemas
 from mailsvc.schedules.repository import (
     EffectiveSchedule,
@@ -18,7 +19,7 @@ from mailsvc.schedules.repository import (
     effective_for_tenant,
 )
 
-router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"], route_class=ApiRoute)
 
 
 async def get_clock() -> Clock:  # async: FastAPI runs sync dependencies in threads
@@ -48,7 +49,7 @@ async def list_schedules(
     return schemas.ScheduleList(data=[schemas.Schedule.of(s, now) for s in effective])
 
 
-@router.put("/{name}", operation_id="putSchedule")
+@router.put("/{name}", operation_id="putSchedule", responses=problem_responses(404))
 async def put_schedule(
     name: ScheduleNamePath,
     body: schemas.ScheduleUpdate,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -82,6 +82,16 @@ async def _send(
     return len(accepted)
 
 
+def _unusable(schedule: repository.EffectiveSchedule, exc: Exception) -> None:
+    """A row the API would refuse today (an older release's, or edited by hand) is skipped:
+    one tenant's bad row must not stop everyone's mail."""
+    log.warning(
+        "recurring email skipped: the schedule cannot run (%s)",
+        exc,
+        extra={"fields": {"tenant": str(schedule.tenant_id), "schedule": schedule.name}},
+    )
+
+
 def _send_time(cron: str | None) -> time:
     """The local time of day a daily schedule sends at: the earliest its cron names."""
     parsed = timing.parse_cron(cron or timing.BIRTHDAY_CRON)
@@ -93,7 +103,10 @@ async def run_birthdays(session: AsyncSession, *, now: datetime) -> int:
     schedules = await repository.effective_schedules(session, BIRTHDAY)
     by_time: dict[time, list[repository.EffectiveSchedule]] = defaultdict(list)
     for schedule in schedules:
-        by_time[_send_time(schedule.cron)].append(schedule)
+        try:
+            by_time[_send_time(schedule.cron)].append(schedule)
+        except ValueError as exc:
+            _unusable(schedule, exc)
     sent = 0
     for send_time, group in by_time.items():
         templates = {s.tenant_id: s.template for s in group}
@@ -148,9 +161,13 @@ async def run_weekly_reports(session: AsyncSession, *, now: datetime) -> int:
     """Last week's figures to each tenant's admin addresses, on the schedule's day and time."""
     planned: list[Planned] = []
     for schedule in await repository.effective_schedules(session, WEEKLY_REPORT):
-        tz = ZoneInfo(schedule.timezone)
-        cron = timing.parse_cron(schedule.cron or timing.WEEKLY_REPORT_CRON)
-        due = timing.weekly_report_due(now, cron, tz)
+        try:
+            tz = ZoneInfo(schedule.timezone)
+            cron = timing.parse_cron(schedule.cron or timing.WEEKLY_REPORT_CRON)
+            due = timing.weekly_report_due(now, cron, tz)
+        except (ValueError, ZoneInfoNotFoundError) as exc:
+            _unusable(schedule, exc)
+            continue
         if due is None:  # (a schedule without recipients is not enabled)
             continue
         period, start, end = due

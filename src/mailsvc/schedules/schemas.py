@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -139,8 +139,25 @@ class Schedule(BaseModel):
 
     @classmethod
     def of(cls, schedule: EffectiveSchedule, now: datetime) -> Schedule:
-        cron = timing.parse_cron(schedule.cron) if schedule.cron else None
-        tz = ZoneInfo(schedule.timezone)
+        cron: timing.Cron | None = None
+        try:
+            cron = timing.parse_cron(schedule.cron) if schedule.cron else None
+            next_run = timing.next_run(
+                schedule.name,
+                enabled=schedule.enabled,
+                cron=cron,
+                tz=ZoneInfo(schedule.timezone),
+                now=now,
+            )
+            description = describe(schedule, cron)
+        except (ValueError, ZoneInfoNotFoundError) as exc:
+            # A row this API would refuse today (stored by an older release, or by hand) is still
+            # listed, with why it cannot run, rather than failing the tenant's whole list.
+            next_run = None
+            description = (
+                f"{describe(schedule, cron)} It does not run until its settings are saved "
+                f"again: cron {schedule.cron!r} in time zone {schedule.timezone!r}: {exc}"
+            )
         return cls(
             name=schedule.name,
             enabled=schedule.enabled,
@@ -149,10 +166,8 @@ class Schedule(BaseModel):
             timezone=schedule.timezone,
             template=schedule.template,
             recipients=schedule.recipients,
-            next_run=timing.next_run(
-                schedule.name, enabled=schedule.enabled, cron=cron, tz=tz, now=now
-            ),
-            description=describe(schedule, cron),
+            next_run=next_run,
+            description=description,
         )
 
 

@@ -13,7 +13,7 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from functools import cache
+from functools import cache, lru_cache
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -25,8 +25,11 @@ WEEKLY_REPORT_CRON = "0 9 * * 1"  # Mondays 09:00 in the schedule's zone
 JOB_INTERVAL = timedelta(hours=1)
 # A reminder whose run was missed (an outage) still goes out this long after it was due.
 ACTIVATION_CATCH_UP = timedelta(days=2)
-# The longest gap between two firings of a valid expression: "0 0 29 2 *" across 2100.
-_SEARCH_DAYS = 8 * 366 + 2
+# The Gregorian calendar repeats, weekdays included, every 400 years: 146,097 days, exactly
+# 20,871 weeks. A day that matches nowhere in one cycle matches never, so a search that covers a
+# cycle is exhaustive. (The longest real gap is 40 years: "0 0 29 2 */7", Sunday February 29,
+# from 2088 to 2128.)
+_CYCLE_MONTHS = 400 * 12
 
 _NUMBER = re.compile(r"^[0-9]{1,4}$")
 _MONTH_NAMES = {
@@ -47,7 +50,21 @@ _FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
     ("month", 1, 12, _MONTH_NAMES),
     ("day-of-week", 0, 7, _DAY_NAMES),
 )
-_DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # February of a leap year
+# The lengths each month has in some year.
+_MONTH_LENGTHS = (
+    (31,),
+    (28, 29),
+    (31,),
+    (30,),
+    (31,),
+    (30,),
+    (31,),
+    (31,),
+    (30,),
+    (31,),
+    (30,),
+    (31,),
+)
 
 
 def _require_aware(value: datetime, what: str) -> None:
@@ -101,6 +118,8 @@ class Cron:
     any_day: bool  # day-of-month starts with '*'
     any_weekday: bool  # day-of-week starts with '*'
     times: tuple[tuple[int, int], ...]  # every (hour, minute) of a firing day, in order
+    # The matching days of a month, by its length (28-31) and the weekday of its 1st (0 = Sunday).
+    month_days: tuple[tuple[tuple[int, ...], ...], ...]
 
     @property
     def send_time(self) -> time | None:
@@ -110,31 +129,38 @@ class Cron:
         return None
 
     def matches_day(self, day: date) -> bool:
-        if day.month not in self.months:
-            return False
-        by_day = day.day in self.days
-        by_weekday = day.isoweekday() % 7 in self.weekdays
-        if self.any_day or self.any_weekday:
-            return by_day and by_weekday
-        return by_day or by_weekday
+        return day.month in self.months and day.day in self._days_of(day.year, day.month)
 
     def _firings(self, day: date, tz: tzinfo) -> _Firings:
         return _Firings(self.times, day, tz)
 
+    def _days_of(self, year: int, month: int) -> tuple[int, ...]:
+        first_weekday, length = calendar.monthrange(year, month)  # Monday = 0
+        return self.month_days[length - 28][(first_weekday + 1) % 7]
+
     def next_after(self, after: datetime, tz: tzinfo) -> datetime:
-        """The first firing strictly after `after`, as a UTC instant."""
+        """The first firing strictly after `after`, as a UTC instant.
+
+        Walks month by month, at most one 400-year calendar cycle: a table lookup per month, so
+        even the longest real gap (40 years) costs a few hundred steps.
+        """
         _require_aware(after, "after")
         # The day before too: a wall time repeated when the clocks go back can be read either way.
-        day = after.astimezone(tz).date() - timedelta(days=1)
-        for _ in range(_SEARCH_DAYS):
-            if self.matches_day(day):
-                firings = self._firings(day, tz)
-                # Instants rise with the wall clock (the mapping is monotonic), so a day whose
-                # last firing is not after `after` has none that is, and bisection finds the first.
-                if firings[-1] > after:
-                    return firings[bisect_right(firings, after)]
-            day += timedelta(days=1)
-        raise ValueError(f"cron {self.expr!r} does not fire within 8 years after {after}")
+        start = after.astimezone(tz).date() - timedelta(days=1)
+        year, month = start.year, start.month
+        for _ in range(_CYCLE_MONTHS + 1):
+            if month in self.months:
+                for day_of_month in self._days_of(year, month):
+                    day = date(year, month, day_of_month)
+                    if day < start:
+                        continue
+                    firings = self._firings(day, tz)
+                    # Instants rise with the wall clock (the mapping is monotonic), so a day whose
+                    # last firing is not after `after` has none that is; bisection finds the first.
+                    if firings[-1] > after:
+                        return firings[bisect_right(firings, after)]
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+        raise ValueError(f"cron {self.expr!r} never fires")
 
     def latest_at_or_before(
         self, at: datetime, tz: tzinfo, *, within: timedelta = timedelta(days=8)
@@ -209,7 +235,7 @@ def _parse_field(
     return frozenset(values)
 
 
-@cache
+@lru_cache(maxsize=1024)  # bounded: every PUT may bring a new expression
 def parse_cron(expr: str) -> Cron:
     """Parse "minute hour day-of-month month day-of-week"; ValueError says what is wrong."""
     fields = expr.split()
@@ -222,14 +248,35 @@ def parse_cron(expr: str) -> Cron:
         _parse_field(text, *spec) for text, spec in zip(fields, _FIELDS, strict=True)
     )
     weekdays = frozenset(d % 7 for d in weekdays)
+    # Vixie cron decides on the field's first character, before expanding it: "*/7" counts as
+    # unrestricted (AND), "1-31/7" as restricted (OR).
     any_day, any_weekday = fields[2].startswith("*"), fields[4].startswith("*")
-    # Restricted by day-of-month alone ("0 9 31 2 *"): some month must have such a day.
-    if (
-        not any_day
-        and any_weekday
-        and not any(d <= _DAYS_IN_MONTH[m - 1] for m in months for d in days)
+
+    def matches(day_of_month: int, weekday: int) -> bool:
+        by_day, by_weekday = day_of_month in days, weekday in weekdays
+        return (by_day and by_weekday) if any_day or any_weekday else (by_day or by_weekday)
+
+    month_days = tuple(
+        tuple(
+            tuple(d for d in range(1, length + 1) if matches(d, (first + d - 1) % 7))
+            for first in range(7)
+        )
+        for length in range(28, 32)
+    )
+    # Every length a month has occurs with its 1st on every weekday within the 400-year cycle,
+    # so this is exactly "next_after finds a day". Only day-of-month ANDed with day-of-week can
+    # fail it ("0 9 31 2 *", "0 9 30 2 */2"): OR always has the weekdays, and a day-of-month
+    # starting with '*' always has the 1st.
+    if not any(
+        month_days[length - 28][first]
+        for m in months
+        for length in _MONTH_LENGTHS[m - 1]
+        for first in range(7)
     ):
-        raise ValueError(f"day-of-month: {fields[2]!r} never falls in month {fields[3]!r}")
+        raise ValueError(
+            f"day-of-month: {fields[2]!r} never falls in month {fields[3]!r}, "
+            "so the cron never fires"
+        )
     return Cron(
         expr=" ".join(fields),
         minutes=tuple(sorted(minutes)),
@@ -240,6 +287,7 @@ def parse_cron(expr: str) -> Cron:
         any_day=any_day,
         any_weekday=any_weekday,
         times=tuple((h, m) for h in sorted(hours) for m in sorted(minutes)),
+        month_days=month_days,
     )
 
 
