@@ -53,7 +53,10 @@ def servers() -> Iterator[TestServers]:
 
 @pytest_asyncio.fixture(scope="session")
 async def engine(servers: TestServers) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(async_database_url(servers.database_url), pool_size=5)
+    # Pinged at checkout: a test that restarts PostgreSQL leaves the pool's connections dead.
+    engine = create_async_engine(
+        async_database_url(servers.database_url), pool_size=5, pool_pre_ping=True
+    )
     yield engine
     await engine.dispose()
 

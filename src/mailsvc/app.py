@@ -1,4 +1,4 @@
-"""The FastAPI application: lifespan, routers, the body limit, and problem+json for every error."""
+"""The FastAPI application: lifespan, routers, middleware, and problem+json for every error."""
 
 from __future__ import annotations
 
@@ -7,25 +7,32 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from mailsvc import __version__
 from mailsvc.auth.service import TenantCache
-from mailsvc.config import settings
+from mailsvc.config import RateLimitSpec, settings
 from mailsvc.contacts.endpoints import router as contacts_router
-from mailsvc.db import Database
-from mailsvc.errors import MailsvcError, Problem, problem, problem_responses
+from mailsvc.db import Database, database_unavailable, describe_outage
+from mailsvc.errors import MailsvcError, Problem, problem
 from mailsvc.events.endpoints import router as events_router
+from mailsvc.kit.asgi import HttpMiddleware
 from mailsvc.kit.outbox import Publisher
 from mailsvc.messages.endpoints import router as messages_router
 from mailsvc.metrics import RequestMetrics
 from mailsvc.ops.endpoints import router as ops_router
+from mailsvc.ratelimit.api import ApiRateLimit
+from mailsvc.ratelimit.limiter import RateLimiter
+from mailsvc.ratelimit.policy import RateLimits
+from mailsvc.ratelimit.repository import RateLimitRepository
+from mailsvc.routing import RATE_LIMIT_HEADERS, ApiRoute
 from mailsvc.schedules.endpoints import router as schedules_router
 from mailsvc.templates.endpoints import links_router
 from mailsvc.templates.endpoints import router as templates_router
@@ -33,49 +40,75 @@ from mailsvc.worker.publish import CoalescingPublisher
 
 log = logging.getLogger(__name__)
 
+UNAVAILABLE_RETRY_AFTER_SECONDS = 2
+API_LIMIT_REDIS_TIMEOUT = 0.25
 
-class BodyLimit:
-    """Refuses request bodies over the limit with 413, by Content-Length or while streaming.
 
-    `per_path` raises the limit for particular paths (the batch endpoint takes 500 messages).
+class ErrorBoundary(HttpMiddleware):
+    """The last word on an exception no handler took: 503 when PostgreSQL is unavailable, else 500.
+
+    Either way the client gets problem+json and the log gets one entry: a line for an outage
+    (thousands of requests can fail in a second), a traceback for a bug. Nothing is re-raised,
+    so the server does not log the same failure a second time.
     """
 
-    def __init__(
-        self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None
-    ) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.per_path = per_path or {}
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.per_path.get(scope["path"], self.max_bytes)
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await self._too_large(scope, receive, send, limit)
-                return
-        seen = 0
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
 
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise StarletteHTTPException(413, self._detail(limit))
-            return message
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception as exc:
+            if started:  # the response is on its way: nothing better can be sent
+                raise
+            if database_unavailable(exc):
+                log.warning(
+                    "PostgreSQL is unavailable: %s %s answered 503 (%s)",
+                    scope["method"],
+                    scope["path"],
+                    describe_outage(exc),
+                )
+                response = problem(
+                    503,
+                    "Service Unavailable",
+                    "the database does not answer; nothing was stored, try again shortly",
+                    slug="unavailable",
+                    headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
+                )
+            else:
+                log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+                response = problem(
+                    500, "Internal Server Error", "an unexpected error", slug="internal"
+                )
+            await response(scope, receive, send)
 
-        await self.app(scope, limited_receive, send)
 
-    @staticmethod
-    def _detail(limit: int) -> str:
-        return f"the request body is larger than {limit} bytes"
+class RateLimitHeaders(HttpMiddleware):
+    """Adds the tenant's RateLimit-Policy / RateLimit fields (routing.ApiRoute found them) to
+    whatever the request answers, errors included."""
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        response = problem(413, "Payload Too Large", self._detail(limit), slug="payload-too-large")
-        await response(scope, receive, send)
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                found = scope.get("state", {}).get(RATE_LIMIT_HEADERS)
+                if found:
+                    present = {name.lower() for name, _ in message.get("headers", [])}
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        *(
+                            (name.lower().encode("latin-1"), value.encode("latin-1"))
+                            for name, value in found.items()
+                            if name.lower().encode("latin-1") not in present
+                        ),
+                    ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -112,7 +145,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        titles = {404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large"}
+        titles = {
+            400: "Bad Request",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            413: "Payload Too Large",
+        }
         title = titles.get(exc.status_code, "Error")
         return problem(
             exc.status_code,
@@ -121,11 +159,6 @@ def _install_error_handlers(app: FastAPI) -> None:
             slug=title.lower().replace(" ", "-"),
             headers=dict(exc.headers or {}),
         )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return problem(500, "Internal Server Error", "an unexpected error", slug="internal")
 
 
 def create_app(*, database: Database | None = None, publish: Publisher | None = None) -> FastAPI:
@@ -142,10 +175,16 @@ def create_app(*, database: Database | None = None, publish: Publisher | None = 
             await publisher.start()
         app.state.publish = publish or publisher
         app.state.tenants = TenantCache()
+        limiter_redis = _api_limiter_redis()
+        app.state.api_rate_limit = (
+            None if limiter_redis is None else _api_rate_limit(limiter_redis, app.state.database)
+        )
         try:
             yield
         finally:
             await publisher.stop()
+            if limiter_redis is not None:
+                await limiter_redis.aclose()
             if owned:
                 await app.state.database.dispose()
 
@@ -156,26 +195,50 @@ def create_app(*, database: Database | None = None, publish: Publisher | None = 
         lifespan=lifespan,
         responses={},
     )
-    app.add_middleware(
-        BodyLimit,
-        max_bytes=settings.max_body_bytes,
-        per_path={"/v1/messages/batch": settings.max_batch_body_bytes},
-    )
+    # Outermost last: metrics see every status, the boundary's 500s and 503s included.
+    app.add_middleware(RateLimitHeaders)
+    app.add_middleware(ErrorBoundary)
     app.add_middleware(RequestMetrics)
     _install_error_handlers(app)
-    for router, errors in (
-        (messages_router, problem_responses(401, 403, 413, 422)),
-        (events_router, problem_responses(401, 403, 413, 422)),
-        (contacts_router, problem_responses(401, 403, 404, 422)),
-        (templates_router, problem_responses(401, 403, 404, 422)),
-        (links_router, problem_responses(401, 403, 422)),
-        (schedules_router, problem_responses(401, 403, 404, 422)),
-        (ops_router, {}),
+    body_limits = {"/v1/messages/batch": settings.max_batch_body_bytes}
+    for router in (
+        messages_router,
+        events_router,
+        contacts_router,
+        templates_router,
+        links_router,
+        schedules_router,
+        ops_router,
     ):
         _summaries_from_docstrings(router)
-        app.include_router(router, responses=errors)
+        for route in router.routes:
+            if isinstance(route, ApiRoute):
+                route.max_body_bytes = body_limits.get(route.path, settings.max_body_bytes)
+        app.include_router(router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _api_limiter_redis() -> aioredis.Redis | None:
+    """A client for the API rate limit, with short timeouts: a slow Redis must not slow accepts."""
+    if not settings.redis_url:
+        return None
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=API_LIMIT_REDIS_TIMEOUT,
+        socket_connect_timeout=API_LIMIT_REDIS_TIMEOUT,
+    )
+    return client
+
+
+def _api_rate_limit(client: aioredis.Redis, database: Database) -> ApiRateLimit:
+    async def load_limits() -> dict[str, RateLimitSpec]:
+        async with database.sessionmaker() as session:
+            return await RateLimitRepository(session).all()
+
+    defaults = {"api": settings.api_rate_limit, **settings.rate_limits}
+    limits = RateLimits(defaults, load_limits, refresh_seconds=settings.rate_limit_refresh_seconds)
+    return ApiRateLimit(RateLimiter(client), limits)
 
 
 def _summaries_from_docstrings(router: APIRouter) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from mailsvc.config import settings
 from mailsvc.kit.logging import configure_logging, quiet_celery_chatter
 
-_TTL = re.compile(r"^(\d+)([smhdw]?)$")
+_TTL = re.compile(r"(\d+)([smhdw]?)")
 _TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -27,7 +27,7 @@ class CommandError(Exception):
 
 
 def parse_ttl(value: str) -> timedelta:
-    match = _TTL.match(value.strip().lower())
+    match = _TTL.fullmatch(value.strip().lower())
     if not match or int(match.group(1)) == 0:
         raise argparse.ArgumentTypeError(f"{value!r} is not a duration like 3600, 30m, 1h or 7d")
     return timedelta(seconds=int(match.group(1)) * _TTL_UNITS[match.group(2)])
@@ -138,7 +138,10 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 # -- rate limits ----------------------------------------------------------------------------
 
-_SCOPE = re.compile(r"^(provider:(sendgrid|mailgun|ses|smtp)|lane:\w+|tenant:[0-9a-f-]{36}:\w+)$")
+_SCOPE = re.compile(
+    r"provider:(sendgrid|mailgun|ses|smtp)|lane:\w+|tenant:[0-9a-f-]{36}:\w+"
+    r"|api|api:tenant:[0-9a-f-]{36}"
+)
 
 
 def cmd_limits_show(_: argparse.Namespace) -> int:
@@ -148,7 +151,10 @@ def cmd_limits_show(_: argparse.Namespace) -> int:
     overrides = run_in_session(_database_url(), lambda s: RateLimitRepository(s).all())
     for scope, spec in sorted({**settings.rate_limits, **overrides}.items()):
         source = "set" if scope in overrides else "default"
-        print(f"{scope}\tper_minute={spec.per_minute}\tper_second={spec.per_second}\t{source}")
+        burst = f"\tburst={spec.burst}" if spec.burst else ""
+        print(
+            f"{scope}\tper_minute={spec.per_minute}\tper_second={spec.per_second}{burst}\t{source}"
+        )
     return 0
 
 
@@ -157,16 +163,17 @@ def cmd_limits_set(args: argparse.Namespace) -> int:
     from mailsvc.db import run_in_session
     from mailsvc.ratelimit.repository import RateLimitRepository
 
-    if not _SCOPE.match(args.scope):
+    if not _SCOPE.fullmatch(args.scope):
         raise CommandError(
-            f"{args.scope!r} is not a scope: provider:<sendgrid|mailgun|ses|smtp>, lane:<lane> "
-            "or tenant:<tenant id>:<lane>"
+            f"{args.scope!r} is not a scope: provider:<sendgrid|mailgun|ses|smtp>, lane:<lane>, "
+            "tenant:<tenant id>:<lane>, api or api:tenant:<tenant id>"
         )
     if args.per_minute is None and args.per_second is None:
         raise CommandError("give --per-minute, --per-second or both")
-    spec = RateLimitSpec(per_minute=args.per_minute, per_second=args.per_second)
+    spec = RateLimitSpec(per_minute=args.per_minute, per_second=args.per_second, burst=args.burst)
     run_in_session(_database_url(), lambda s: RateLimitRepository(s).put(args.scope, spec))
-    print(f"{args.scope} per_minute={spec.per_minute} per_second={spec.per_second}")
+    burst = f" burst={spec.burst}" if spec.burst else ""
+    print(f"{args.scope} per_minute={spec.per_minute} per_second={spec.per_second}{burst}")
     return 0
 
 
@@ -193,12 +200,31 @@ def cmd_dev(args: argparse.Namespace) -> int:
     )
 
 
+def _serve_metrics(port: int, host: str) -> None:
+    """Prometheus metrics on a port of their own: the sum over every process that writes to
+    PROMETHEUS_MULTIPROC_DIR (the API's uvicorn workers, a worker's pool processes)."""
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_http_server(port, addr=host, registry=registry)
+
+
+def _metrics_folder() -> None:
+    """Before prometheus_client is imported: every process writes its samples here."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mailsvc-metrics-")
+
+
 def cmd_api(args: argparse.Namespace) -> int:
+    if args.metrics_port:
+        _metrics_folder()
     import uvicorn
 
     _require("DATABASE_URL", settings.database_url)
     _require("JWT_SECRET", settings.jwt_secret or settings.jwt_public_keys)
     configure_logging(settings.log_level, json_lines=settings.json_logs)
+    if args.metrics_port:
+        _serve_metrics(args.metrics_port, args.metrics_host)
     uvicorn.run(
         "mailsvc.app:create_app",
         factory=True,
@@ -208,14 +234,14 @@ def cmd_api(args: argparse.Namespace) -> int:
         access_log=not args.no_access_log,
         log_config=None,
         proxy_headers=True,
+        timeout_keep_alive=settings.api_keepalive_seconds,
     )
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     if args.metrics_port:
-        # Before prometheus_client is imported: pool processes write samples to this folder.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mailsvc-metrics-")
+        _metrics_folder()
     from mailsvc.worker.queues import ROLES
     from mailsvc.worker_app import celery_app
 
@@ -243,11 +269,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.max_tasks_per_child:
         argv += ["--max-tasks-per-child", str(args.max_tasks_per_child)]
     if args.metrics_port:
-        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
-
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        start_http_server(args.metrics_port, registry=registry)
+        _serve_metrics(args.metrics_port, "0.0.0.0")  # noqa: S104 (a scrape target in a cluster)
     celery_app.worker_main(argv)
     return 0
 
@@ -323,12 +345,30 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--workers", type=int, default=1)
     api.add_argument("--no-access-log", action="store_true")
+    api.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (not on the API's own, where /metrics "
+        "needs MAILSVC_METRICS_TOKEN)",
+    )
+    api.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",  # noqa: S104 (a scrape target inside a cluster or compose network)
+        help="the metrics port's address",
+    )
     api.set_defaults(func=cmd_api)
 
     worker = commands.add_parser("worker", help="run a Celery worker for one role")
     worker.add_argument("--role", choices=sorted(ROLES), default="all")
     worker.add_argument("--concurrency", type=int, default=2)
-    worker.add_argument("--pool", choices=["prefork", "solo", "threads"], default="prefork")
+    worker.add_argument(
+        "--pool",
+        choices=["prefork", "solo", "threads"],
+        default="prefork",
+        help="prefork: a process per slot (default); threads: a thread per slot in one process, "
+        "each with its own event loop and connections; solo: one task at a time, in-process",
+    )
     worker.add_argument("--hostname", default=None)
     worker.add_argument("--max-tasks-per-child", type=int, default=None)
     worker.add_argument(
@@ -363,9 +403,18 @@ def build_parser() -> argparse.ArgumentParser:
     limit_commands = limits.add_subparsers(dest="limits", required=True)
     limit_commands.add_parser("show", help="the limits in force").set_defaults(func=cmd_limits_show)
     limit_set = limit_commands.add_parser("set", help="set a limit (workers see it within 5 s)")
-    limit_set.add_argument("scope", help="provider:<name>, lane:<lane> or tenant:<id>:<lane>")
+    limit_set.add_argument(
+        "scope",
+        help="provider:<name>, lane:<lane>, tenant:<id>:<lane>, api or api:tenant:<id>",
+    )
     limit_set.add_argument("--per-minute", type=positive_int, default=None)
     limit_set.add_argument("--per-second", type=positive_int, default=None)
+    limit_set.add_argument(
+        "--burst",
+        type=positive_int,
+        default=None,
+        help="a token bucket of this size (the API's limit: 200 by default)",
+    )
     limit_set.set_defaults(func=cmd_limits_set)
     limit_clear = limit_commands.add_parser("clear", help="back to the default for a scope")
     limit_clear.add_argument("scope")

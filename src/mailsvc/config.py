@@ -18,12 +18,17 @@ def async_database_url(url: str) -> str:
 
 
 class RateLimitSpec(BaseModel):
-    """Tokens a minute and/or a second; None means no limit of that kind."""
+    """Tokens a minute and/or a second; None means no limit of that kind.
+
+    `burst`, when set, makes each limit a plain token bucket of that size (the API's request
+    limit); unset, the burst is a small share of the limit and no window ever exceeds it.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     per_minute: int | None = Field(default=None, gt=0)
     per_second: int | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, gt=0)
 
 
 class Settings(BaseSettings):
@@ -46,7 +51,10 @@ class Settings(BaseSettings):
     jwt_issuer: str = "mailsvc"
     jwt_leeway_seconds: int = 30
     # Signs the links templates put in email (account confirmation); the JWT secret if unset.
+    # Each tenant signs with a key derived from it (kit/signing.py).
     link_secret: SecretStr | None = None
+    # The secret before a rotation: links it signed still verify until they expire.
+    link_secret_previous: SecretStr | None = None
     link_ttl_hours: int = 48
 
     # -- api limits -------------------------------------------------------------------------
@@ -54,6 +62,15 @@ class Settings(BaseSettings):
     max_batch_body_bytes: int = 16 * 1024 * 1024  # POST /v1/messages/batch: up to 500 messages
     max_recipients: int = 50
     page_size_max: int = 100
+    # Each tenant's API requests, in every API process together; `mailsvc limits set
+    # api:tenant:<id>` overrides it for one tenant, `api` for all. Not applied while Redis is down.
+    api_rate_limit: RateLimitSpec = Field(
+        default_factory=lambda: RateLimitSpec(per_second=100, burst=200)
+    )
+    # How long `mailsvc api` keeps an idle connection open. Longer than any client or proxy in
+    # front keeps one (httpx 5 s, Node 5 s, an AWS ALB 60 s, Go 90 s), so the client always drops
+    # it first: otherwise a request sent on it as the API closes it is reset, unanswered.
+    api_keepalive_seconds: int = Field(default=120, gt=0)
 
     # -- delivery: providers, tried in this order among those configured -----------------------
     provider_order: Annotated[list[str], NoDecode] = Field(
@@ -122,6 +139,9 @@ class Settings(BaseSettings):
     publish_max_ids: int = 50
 
     # -- operations -------------------------------------------------------------------------
+    # /metrics on the API's own port answers only a scraper that sends this as a Bearer token;
+    # unset, it is not served there (`mailsvc api --metrics-port` serves it on its own port).
+    metrics_token: SecretStr | None = None
     env: Literal["dev", "prod", "test"] = "prod"
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON in prod, text in dev and test

@@ -13,7 +13,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, TypeVar
 
+import asyncpg
 from fastapi import Depends, Request
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -29,7 +31,8 @@ T = TypeVar("T")
 
 
 class Database:
-    """An engine and its session factory. One per process (per worker process in Celery)."""
+    """An engine and its session factory. One per process; in a worker, one per thread that runs
+    tasks (worker/bridge.py)."""
 
     def __init__(
         self,
@@ -101,6 +104,49 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+_UNAVAILABLE_ASYNCPG = (
+    asyncpg.PostgresConnectionError,  # class 08: the connection failed or does not exist
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, starting up, cancelled
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
+)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` means PostgreSQL cannot be reached or is not serving, rather than a bug.
+
+    asyncpg's own errors, SQLAlchemy's wrappers of them, and the raw OSError or TimeoutError of a
+    refused or stalled connect (which reach the caller unwrapped) all count. The whole chain of
+    causes is read, since each layer wraps the one below.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (OSError, TimeoutError, *_UNAVAILABLE_ASYNCPG)):
+            return True
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, sa_exc.DisconnectionError | sa_exc.TimeoutError):
+            return True  # the pool's own: a dead connection, or no connection free in time
+        if isinstance(current, asyncpg.InterfaceError) and "closed" in str(current):
+            return True  # "connection is closed": a pooled connection the server dropped
+        orig = getattr(current, "orig", None)
+        current = (
+            orig if isinstance(orig, BaseException) else (current.__cause__ or current.__context__)
+        )
+    return False
+
+
+def describe_outage(exc: BaseException) -> str:
+    """The innermost error of a database failure, on one line: SQLAlchemy's own message
+    carries the statement, its parameters and a link, over several lines."""
+    innermost = exc
+    while innermost.__cause__ is not None:
+        innermost = innermost.__cause__
+    text = str(innermost).strip().splitlines()
+    return f"{type(innermost).__name__}: {text[0]}" if text else type(innermost).__name__
 
 
 async def get_database(request: Request) -> Database:  # async: FastAPI runs sync deps in threads

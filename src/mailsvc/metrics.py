@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 
 from prometheus_client import Counter, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from mailsvc.kit.asgi import HttpMiddleware
 
 MESSAGES_ACCEPTED = Counter(
     "mailsvc_messages_accepted_total", "Messages accepted by the API.", ["lane"]
@@ -31,16 +33,10 @@ HTTP_DURATION = Histogram(
 )
 
 
-class RequestMetrics:
+class RequestMetrics(HttpMiddleware):
     """Times every request by its route template (never the raw path: ids would explode labels)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status = 500
 

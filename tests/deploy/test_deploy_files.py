@@ -309,7 +309,9 @@ def test_prometheus_scrapes_the_api() -> None:
     api = jobs["mailsvc-api"]
     assert api.get("metrics_path", "/metrics") == "/metrics"
     targets = [target for static in api["static_configs"] for target in static["targets"]]
-    assert "api:8000" in targets
+    assert "api:9100" in targets  # the metrics port, not the API's own
+    api_command = _services()["api"]["command"]
+    assert api_command[api_command.index("--metrics-port") + 1] == "9100"
 
 
 def test_grafana_provisioning_parses() -> None:

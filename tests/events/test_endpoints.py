@@ -145,7 +145,7 @@ async def test_nul_in_event_data_is_422_naming_data(
     )
     assert response.status_code == 422
     assert response.json()["errors"] == [
-        {"loc": ["body", "data"], "msg": "must not contain NUL characters"}
+        {"loc": ["body", "data", "x"], "msg": "must not contain NUL characters"}
     ]
 
 

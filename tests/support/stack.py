@@ -1,7 +1,8 @@
-"""A worker and a beat process for end-to-end tests, and reading a message's whole history."""
+"""An API, a worker and a beat process for end-to-end tests, and reading a message's history."""
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,8 +13,42 @@ from typing import Any
 from sqlalchemy import select
 
 from mailsvc.db import Database
+from mailsvc.devserver.embedded import free_port
 from mailsvc.models import Attempt, Message, MessageEvent
 from tests.support.processes import BEAT_READY, WORKER_READY, ServiceProcess, start_service
+from tests.support.servers import TestServers
+
+API_READY = "Uvicorn running on"  # logged once the socket listens
+
+
+@dataclass(frozen=True)
+class Api:
+    url: str
+    port: int
+    process: ServiceProcess
+
+
+@contextmanager
+def api_process(
+    servers: TestServers, log_dir: Path, *, args: tuple[str, ...] = (), **env: str
+) -> Iterator[Api]:
+    """A real `mailsvc api` (uvicorn) on a free port, with the test servers' settings."""
+    from tests.conftest import service_env  # a late import: conftest's fixtures use this module
+
+    port = free_port()
+    process = start_service(
+        "api",
+        ["api", "--port", str(port), "--no-access-log", *args],
+        env=service_env(servers, **env),
+        log_dir=log_dir,
+        ready_marker=API_READY,
+    )
+    try:
+        yield Api(f"http://127.0.0.1:{port}", port, process)
+    finally:
+        process.kill(signal.SIGCONT)  # in case the test left it stopped
+        process.stop()
+        print(process.log()[-4000:])  # shown by pytest when a test fails
 
 
 @dataclass
@@ -23,7 +58,13 @@ class Services:
 
 
 def start_worker(
-    env: dict[str, str], log_dir: Path, *, role: str = "all", concurrency: int = 2, name: str = ""
+    env: dict[str, str],
+    log_dir: Path,
+    *,
+    role: str = "all",
+    concurrency: int = 2,
+    name: str = "",
+    pool: str | None = None,
 ) -> ServiceProcess:
     return start_service(
         name or f"worker-{role}",
@@ -35,6 +76,7 @@ def start_worker(
             str(concurrency),
             "--hostname",
             f"{name or role}@%h",
+            *(["--pool", pool] if pool else []),
         ],
         env=env,
         log_dir=log_dir,

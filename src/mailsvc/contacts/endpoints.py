@@ -10,11 +10,14 @@ from pydantic import AfterValidator
 from mailsvc.auth.dependencies import ContactsReadScope, ContactsWriteScope
 from mailsvc.contacts import schemas, service
 from mailsvc.db import DbSession
+from mailsvc.errors import problem_responses
 from mailsvc.kit.pagination import cursor_query
+from mailsvc.routing import ApiRoute
 
-router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
+router = APIRouter(prefix="/v1/contacts", tags=["contacts"], route_class=ApiRoute)
 
-# `:path` so that an address with a "/" in its local part (valid, if rare) still routes here.
+# `:text` (routing.py): an address with a "/" in its local part (valid, if rare) still routes
+# here, and one with a line break reaches the validation and its 422.
 ContactEmail = Annotated[
     str,
     Path(
@@ -27,7 +30,7 @@ ContactEmail = Annotated[
 
 
 @router.put(
-    "/{email:path}",
+    "/{email:text}",
     operation_id="putContact",
     responses={201: {"model": schemas.Contact, "description": "Created: the address was new"}},
 )
@@ -45,7 +48,7 @@ async def put_contact(
     return service.present(contact)
 
 
-@router.get("/{email:path}", operation_id="getContact")
+@router.get("/{email:text}", operation_id="getContact", responses=problem_responses(404))
 async def get_contact(
     email: ContactEmail, session: DbSession, principal: ContactsReadScope
 ) -> schemas.Contact:
@@ -54,7 +57,10 @@ async def get_contact(
 
 
 @router.delete(
-    "/{email:path}", status_code=status.HTTP_204_NO_CONTENT, operation_id="deleteContact"
+    "/{email:text}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    operation_id="deleteContact",
+    responses=problem_responses(404),
 )
 async def delete_contact(
     email: ContactEmail, session: DbSession, principal: ContactsWriteScope

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
-from mailsvc.kit.json import has_nul, json_size
+from mailsvc.kit.json import json_size
 from mailsvc.kit.time import check_time_zone
 from mailsvc.messages.schemas import HeaderText, normalise_email
 
@@ -46,9 +46,6 @@ def _check_attributes(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
         raise ValueError(
             f"attributes are {size} bytes as JSON; at most {MAX_ATTRIBUTES_BYTES} are allowed"
         )
-    # PostgreSQL's jsonb cannot hold U+0000.
-    if has_nul(value):
-        raise ValueError("attributes must not contain NUL characters")
     return value
 
 

@@ -10,8 +10,9 @@ from mailsvc.auth.dependencies import AdminScope, ReadScope, SendScope
 from mailsvc.db import DbSession
 from mailsvc.errors import problem_responses
 from mailsvc.events import schemas, service
+from mailsvc.routing import ApiRoute
 
-router = APIRouter(prefix="/v1/events", tags=["events"])
+router = APIRouter(prefix="/v1/events", tags=["events"], route_class=ApiRoute)
 
 EventTypeName = Annotated[str, Path(pattern=schemas.EVENT_TYPE, max_length=64)]
 

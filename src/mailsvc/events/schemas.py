@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mailsvc.contacts.schemas import ContactFields, normalise_contact_email
-from mailsvc.kit.json import json_size, no_nul
+from mailsvc.kit.json import json_size
 from mailsvc.messages.schemas import Message, Priority
 
 EVENT_TYPE = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,3}$"
@@ -35,9 +35,7 @@ class EventCreate(BaseModel):
 
     type: Annotated[str, Field(pattern=EVENT_TYPE, max_length=64)]
     contact: EventContact
-    data: Annotated[dict[str, Any], AfterValidator(_check_data), AfterValidator(no_nul)] = Field(
-        default_factory=dict
-    )
+    data: Annotated[dict[str, Any], AfterValidator(_check_data)] = Field(default_factory=dict)
 
 
 class EventAccepted(BaseModel):

@@ -14,8 +14,9 @@ from mailsvc.kit.pagination import cursor_query
 from mailsvc.messages import schemas, service
 from mailsvc.messages.repository import ListFilters
 from mailsvc.models import MessageStatus
+from mailsvc.routing import ApiRoute
 
-router = APIRouter(prefix="/v1/messages", tags=["messages"])
+router = APIRouter(prefix="/v1/messages", tags=["messages"], route_class=ApiRoute)
 
 StatusFilter = Annotated[MessageStatus | None, Query(description="Only messages in this status.")]
 
@@ -38,7 +39,10 @@ IdempotencyKey = Annotated[
     operation_id="sendMessage",
     response_model_by_alias=True,
     responses={
-        200: {"description": "A replay: the message an earlier request with this key made"},
+        200: {
+            "model": schemas.Message,
+            "description": "A replay: the message an earlier request with this key made",
+        },
         **problem_responses(409),
     },
 )

@@ -19,23 +19,16 @@ from pydantic import (
 )
 
 from mailsvc.config import settings
-from mailsvc.kit.json import no_nul
+from mailsvc.kit.headers import MAX_HEADER_VALUE_CHARS, check_header_name, check_header_text
 
 Priority = Literal["high", "normal", "low"]
 
-_HEADER_NAME = re.compile(r"^X-[A-Za-z0-9][A-Za-z0-9-]{0,75}$")
-_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-_RESERVED_HEADER_PREFIX = "x-mailsvc-"
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
-
-def no_line_breaks(value: str) -> str:
-    """Header values may not carry CR or LF: that is how header injection works."""
-    if "\r" in value or "\n" in value or "\x00" in value:
-        raise ValueError("must not contain CR, LF or NUL characters")
-    return value
-
-
-HeaderText = Annotated[str, AfterValidator(no_line_breaks)]
+# Any value that ends up in a header (a subject, a display name, an X-header's value).
+HeaderText = Annotated[str, AfterValidator(check_header_text)]
+HeaderName = Annotated[str, AfterValidator(check_header_name)]
+HeaderValue = Annotated[HeaderText, Field(max_length=MAX_HEADER_VALUE_CHARS)]
 
 
 def normalise_email(value: str) -> str:
@@ -67,21 +60,9 @@ def _address_from_string(value: Any) -> Any:
 AddressIn = Annotated[Address, BeforeValidator(_address_from_string)]
 
 
-def _check_headers(headers: dict[str, str]) -> dict[str, str]:
-    for name, value in headers.items():
-        if not _HEADER_NAME.match(name):
-            raise ValueError(f"header {name!r} is not allowed: only X-* headers may be set")
-        if name.lower().startswith(_RESERVED_HEADER_PREFIX):
-            raise ValueError(f"header {name!r} is reserved")
-        no_line_breaks(value)
-        if len(value) > 998:
-            raise ValueError(f"header {name!r} is longer than 998 characters")
-    return headers
-
-
 def _check_tags(tags: list[str]) -> list[str]:
     for tag in tags:
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise ValueError(f"tag {tag!r} must be 1-64 of A-Z a-z 0-9 _ . : -")
     return list(dict.fromkeys(tags))
 
@@ -92,10 +73,10 @@ def _check_metadata(metadata: dict[str, str]) -> dict[str, str]:
             raise ValueError("metadata keys must be 1-64 characters")
         if len(value) > 1024:
             raise ValueError(f"metadata value of {key!r} is longer than 1024 characters")
-    return no_nul(metadata)
+    return metadata
 
 
-_TEMPLATE_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+_TEMPLATE_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"  # pydantic: `$` is the very end
 
 
 class MessageCreate(BaseModel):
@@ -108,23 +89,22 @@ class MessageCreate(BaseModel):
     bcc: list[AddressIn] = Field(default_factory=list)
     from_: Annotated[AddressIn | None, Field(alias="from")] = None
     reply_to: AddressIn | None = None
-    subject: Annotated[HeaderText | None, Field(min_length=1, max_length=998)] = None
-    text: Annotated[str | None, Field(max_length=512 * 1024), AfterValidator(no_nul)] = None
-    html: Annotated[str | None, Field(max_length=512 * 1024), AfterValidator(no_nul)] = None
-    headers: Annotated[dict[str, str], AfterValidator(_check_headers), Field(max_length=20)] = (
-        Field(default_factory=dict)
+    subject: Annotated[
+        HeaderText | None, Field(min_length=1, max_length=MAX_HEADER_VALUE_CHARS)
+    ] = None
+    text: Annotated[str | None, Field(max_length=512 * 1024)] = None
+    html: Annotated[str | None, Field(max_length=512 * 1024)] = None
+    headers: Annotated[dict[HeaderName, HeaderValue], Field(max_length=20)] = Field(
+        default_factory=dict
     )
     tags: Annotated[list[str], AfterValidator(_check_tags), Field(max_length=10)] = Field(
         default_factory=list
     )
-    metadata: Annotated[
-        dict[str, str],
-        AfterValidator(_check_metadata),
-        AfterValidator(no_nul),
-        Field(max_length=20),
-    ] = Field(default_factory=dict)
+    metadata: Annotated[dict[str, str], AfterValidator(_check_metadata), Field(max_length=20)] = (
+        Field(default_factory=dict)
+    )
     template: Annotated[str | None, Field(pattern=_TEMPLATE_NAME)] = None
-    variables: Annotated[dict[str, Any] | None, AfterValidator(no_nul)] = None
+    variables: dict[str, Any] | None = None
     # Default: high for a raw message or a transactional template, normal for the others.
     priority: Priority | None = None
     send_at: AwareDatetime | None = None

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+import hmac
+from typing import Annotated, Literal
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Header, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from mailsvc.config import settings
 from mailsvc.db import Database, get_database
+from mailsvc.errors import NotFound, Unauthorized
 
 router = APIRouter(tags=["operations"])
 
 _CHECK_TIMEOUT = 2.0
-
-
-@router.get("/healthz", operation_id="healthz")
-async def healthz() -> dict[str, str]:
-    """The process is alive."""
-    return {"status": "ok"}
 
 
 async def _check_database(database: Database) -> str:
@@ -42,14 +39,33 @@ async def _check_redis() -> str:
     return "ok"
 
 
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """Whether this process can serve: each dependency's answer ("ok", "not configured", or
+    the error it gave)."""
+
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str]
+
+
+@router.get("/healthz", operation_id="healthz")
+async def healthz() -> Health:
+    """The process is alive."""
+    return Health(status="ok")
+
+
 @router.get(
     "/readyz",
     operation_id="readyz",
-    responses={503: {"description": "PostgreSQL or Redis does not answer"}},
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "PostgreSQL or Redis does not answer"}},
 )
 async def readyz(database: Annotated[Database, Depends(get_database)]) -> JSONResponse:
     """PostgreSQL and Redis answer."""
-    checks: dict[str, Any] = {}
+    checks: dict[str, str] = {}
     for name, check in (("postgres", _check_database(database)), ("redis", _check_redis())):
         try:
             checks[name] = await asyncio.wait_for(check, _CHECK_TIMEOUT)
@@ -63,5 +79,20 @@ async def readyz(database: Annotated[Database, Depends(get_database)]) -> JSONRe
 
 
 @router.get("/metrics", operation_id="metrics", include_in_schema=False)
-async def metrics() -> Response:
+async def metrics(authorization: Annotated[str | None, Header()] = None) -> Response:
+    """Prometheus text format, on the API's port only for a scraper holding MAILSVC_METRICS_TOKEN.
+
+    Otherwise it is not served here: `mailsvc api --metrics-port` serves it on a port of its own,
+    which is not exposed to the API's callers.
+    """
+    token = settings.metrics_token
+    if token is None:
+        raise NotFound(
+            "metrics are served on the metrics port (mailsvc api --metrics-port), or here "
+            "with MAILSVC_METRICS_TOKEN"
+        )
+    scheme, _, given = (authorization or "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise Unauthorized("the metrics token is required: Authorization: Bearer <token>")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -24,7 +24,8 @@ import redis.asyncio as aioredis
 _PREFIX = "mailsvc:rate:"
 
 # KEYS: bucket keys. ARGV: n, now_ms, then per bucket: interval_ms, tolerance_ms.
-# Returns {granted, wait_ms until the next token, interval_ms of the slowest bucket}.
+# Returns {granted, wait_ms until the next token, interval_ms of the slowest bucket,
+#          tokens still free at once in the fullest bucket, ms until every bucket is full again}.
 _TAKE = """
 local n = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
@@ -42,6 +43,8 @@ for i, key in ipairs(KEYS) do
 end
 local wait = 0
 local slowest = 0
+local remaining = -1
+local full_in = 0
 for i, key in ipairs(KEYS) do
   local interval = tonumber(ARGV[1 + 2 * i])
   local tolerance = tonumber(ARGV[2 + 2 * i])
@@ -52,26 +55,40 @@ for i, key in ipairs(KEYS) do
   local next_free = tat - tolerance - now
   if next_free > wait then wait = next_free end
   if interval > slowest then slowest = interval end
+  local free = math.floor((now + tolerance - tat) / interval) + 1
+  if free < 0 then free = 0 end
+  if remaining < 0 or free < remaining then remaining = free end
+  if tat - now > full_in then full_in = tat - now end
 end
-return {grant, tostring(wait), tostring(slowest)}
+return {grant, tostring(wait), tostring(slowest), remaining, tostring(full_in)}
 """
 
 
 @dataclass(frozen=True)
 class Rate:
-    """`limit` tokens per `window_seconds`, of which `burst` may go at once."""
+    """`limit` tokens per `window_seconds`, of which `burst` may go at once.
+
+    Without an explicit burst, no sliding window ever sees more than `limit` (the burst is taken
+    out of the sustained rate, as a provider's contract needs). With one (`bucket`), it is a plain
+    token bucket: `burst` at once, then `limit` per window sustained (the API's request limit).
+    """
 
     limit: int
     window_seconds: float
+    bucket: int | None = None
 
     @property
     def burst(self) -> int:
+        if self.bucket is not None:
+            return self.bucket
         fraction = 0.04 if self.window_seconds >= 60 else 0.5
         return max(1, min(self.limit - 1, round(self.limit * fraction)))
 
     @property
     def per_second(self) -> float:
         """The sustained rate a backlog gets."""
+        if self.bucket is not None:
+            return self.limit / self.window_seconds
         return (
             (self.limit - self.burst) / self.window_seconds
             if self.limit > 1
@@ -80,6 +97,8 @@ class Rate:
 
     @property
     def interval_ms(self) -> float:
+        if self.bucket is not None:
+            return self.window_seconds * 1000 / self.limit
         return self.window_seconds * 1000 / max(1, self.limit - self.burst)
 
     @property
@@ -98,6 +117,8 @@ class Grant:
     granted: int
     wait_seconds: float  # until the first token not granted frees up
     interval_seconds: float  # between the tokens after that, at the slowest bucket's pace
+    remaining: int | None = None  # tokens still free at once (None: no bucket applied)
+    full_in_seconds: float = 0.0  # until every bucket is full again
 
     def slot(self, index: int) -> float:
         """Seconds from now until the `index`-th token not granted (0-based) may be taken."""
@@ -116,11 +137,13 @@ class RateLimiter:
         args: list[float] = [n, (time.time() if now is None else now) * 1000]
         for bucket in buckets:
             args += [bucket.rate.interval_ms, bucket.rate.tolerance_ms]
-        granted, wait_ms, interval_ms = await self._take(
+        granted, wait_ms, interval_ms, remaining, full_in_ms = await self._take(
             keys=[_PREFIX + b.name for b in buckets], args=args
         )
         return Grant(
             granted=int(granted),
             wait_seconds=max(0.0, float(wait_ms) / 1000),
             interval_seconds=float(interval_ms) / 1000,
+            remaining=int(remaining),
+            full_in_seconds=max(0.0, float(full_in_ms) / 1000),
         )

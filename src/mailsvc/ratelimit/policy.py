@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
 from mailsvc.config import RateLimitSpec
+from mailsvc.db import database_unavailable, describe_outage
 from mailsvc.ratelimit.limiter import Bucket, Rate
 
 log = logging.getLogger(__name__)
@@ -24,9 +25,9 @@ def buckets(name: str, spec: RateLimitSpec | None) -> list[Bucket]:
     if spec is None:
         return found
     if spec.per_minute:
-        found.append(Bucket(f"{name}:minute", Rate(spec.per_minute, 60.0)))
+        found.append(Bucket(f"{name}:minute", Rate(spec.per_minute, 60.0, spec.burst)))
     if spec.per_second:
-        found.append(Bucket(f"{name}:second", Rate(spec.per_second, 1.0)))
+        found.append(Bucket(f"{name}:second", Rate(spec.per_second, 1.0, spec.burst)))
     return found
 
 
@@ -46,8 +47,15 @@ class RateLimits:
         if time.monotonic() >= self._fresh_until:
             try:
                 self._specs = {**self.defaults, **await self.load()}
-            except Exception:  # a send must not fail because the limits could not be re-read
-                log.exception("rate limits could not be re-read; keeping the last ones")
+            except Exception as exc:  # a send must not fail because limits cannot be re-read
+                if not database_unavailable(exc):
+                    log.exception("rate limits could not be re-read; keeping the last ones")
+                else:  # an outage: a line, not a traceback per process every few seconds
+                    log.warning(
+                        "rate limits could not be re-read (PostgreSQL unavailable: %s); "
+                        "keeping the last ones",
+                        describe_outage(exc),
+                    )
             self._fresh_until = time.monotonic() + self.refresh_seconds
         return self._specs
 
@@ -64,6 +72,11 @@ class RateLimits:
     async def tenant_rate(self, tenant_id: uuid.UUID, lane: str) -> float | None:
         spec = self._tenant_spec(await self.specs(), tenant_id, lane)
         return _slowest(buckets("tenant", spec))
+
+    async def api_limit(self, tenant_id: uuid.UUID) -> RateLimitSpec | None:
+        """The tenant's API request limit: its own, else the one every tenant has."""
+        specs = await self.specs()
+        return specs.get(f"api:tenant:{tenant_id}") or specs.get("api")
 
     async def buckets_for(
         self, *, provider: str | None, tenant_id: uuid.UUID, lane: str

@@ -17,13 +17,15 @@ class RateLimitRepository:
     async def all(self) -> dict[str, RateLimitSpec]:
         rows = (await self.session.execute(select(RateLimit))).scalars()
         return {
-            row.scope: RateLimitSpec(per_minute=row.per_minute, per_second=row.per_second)
+            row.scope: RateLimitSpec(
+                per_minute=row.per_minute, per_second=row.per_second, burst=row.burst
+            )
             for row in rows
         }
 
     async def put(self, scope: str, spec: RateLimitSpec) -> None:
         statement = pg_insert(RateLimit).values(
-            scope=scope, per_minute=spec.per_minute, per_second=spec.per_second
+            scope=scope, per_minute=spec.per_minute, per_second=spec.per_second, burst=spec.burst
         )
         await self.session.execute(
             statement.on_conflict_do_update(
@@ -31,6 +33,7 @@ class RateLimitRepository:
                 set_={
                     "per_minute": statement.excluded.per_minute,
                     "per_second": statement.excluded.per_second,
+                    "burst": statement.excluded.burst,
                     "updated_at": statement.excluded.updated_at,
                 },
             )
