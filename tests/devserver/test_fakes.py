@@ -28,6 +28,7 @@ from botocore.credentials import Credentials
 
 from mailsvc.devserver.fakes import FakeCredentials, FakeProviders, Received
 from mailsvc.devserver.fakes.mailgun import parse_form
+from mailsvc.devserver.fakes.script import is_address
 
 CREDS = FakeCredentials()
 SENDGRID_AUTH = {"Authorization": f"Bearer {CREDS.sendgrid_key}"}
@@ -919,3 +920,10 @@ def test_stop_does_not_wait_out_held_requests() -> None:
 
     assert time.monotonic() - started < 2
     assert outcome == [202]
+
+
+@pytest.mark.parametrize("address", ["a@b.example\n", "a@b.example\r\n", " a@b.example"])
+def test_the_fakes_match_an_address_whole(address: str) -> None:
+    """`re.match` with `$` took an address ending in a newline, which a real provider refuses."""
+    assert is_address("a@b.example")
+    assert not is_address(address)

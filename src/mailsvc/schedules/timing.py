@@ -31,7 +31,7 @@ ACTIVATION_CATCH_UP = timedelta(days=2)
 # from 2088 to 2128.)
 _CYCLE_MONTHS = 400 * 12
 
-_NUMBER = re.compile(r"^[0-9]{1,4}$")
+_NUMBER = re.compile(r"[0-9]{1,4}")
 _MONTH_NAMES = {
     name: number
     for number, name in enumerate(
@@ -197,7 +197,7 @@ class _Firings:
 def _field_value(text: str, name: str, lowest: int, highest: int, names: dict[str, int]) -> int:
     if text.lower() in names:
         return names[text.lower()]
-    if not _NUMBER.match(text):
+    if not _NUMBER.fullmatch(text):
         raise ValueError(f"{name}: {text!r} is not a number")
     value = int(text)
     if not lowest <= value <= highest:
@@ -215,7 +215,7 @@ def _parse_field(
         base, slash, step_text = item.partition("/")
         step = 1
         if slash:
-            if not _NUMBER.match(step_text) or int(step_text) < 1:
+            if not _NUMBER.fullmatch(step_text) or int(step_text) < 1:
                 raise ValueError(
                     f"{name}: step {step_text!r} in {item!r} is not a whole number of at least 1"
                 )

@@ -19,9 +19,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from mailsvc.devserver.fakes.outbox import compose_eml
-from mailsvc.devserver.fakes.script import Failure, FakeProvider, Received, run_scripted
+from mailsvc.devserver.fakes.script import (
+    Failure,
+    FakeProvider,
+    Received,
+    is_address,
+    run_scripted,
+)
 
-EMAIL_ADDRESS = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+$")
 MAX_TAGS = 3
 FROM_MISSING = "'from' parameter is missing"
 TO_MISSING = "'to' parameter is missing"
@@ -196,11 +201,11 @@ def validate(fields: Fields) -> str | None:
         return BODY_MISSING
     if len(values(fields, "o:tag")) > MAX_TAGS:
         return TOO_MANY_TAGS
-    if not EMAIL_ADDRESS.match(parseaddr(values(fields, "from")[0])[1]):
+    if not is_address(parseaddr(values(fields, "from")[0])[1]):
         return "from parameter is not a valid address. please check documentation"
     for name in ("to", "cc", "bcc"):
         entries = values(fields, name)
         found = _addresses(entries)
-        if (entries and not found) or any(not EMAIL_ADDRESS.match(a) for a in found):
+        if (entries and not found) or any(not is_address(a) for a in found):
             return f"{name} parameter is not a valid address. please check documentation"
     return None

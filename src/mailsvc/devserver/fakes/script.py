@@ -4,6 +4,7 @@ reject); shared by the HTTP and SMTP fakes, safe to use from any thread."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -17,6 +18,15 @@ R = TypeVar("R")
 # How often a held answer checks whether its server is stopping; stop() then takes this long
 # at most instead of the whole hold, and nothing is cancelled mid-request.
 HOLD_POLL_SECONDS = 0.05
+
+
+# What the providers take as an address (loosely: they check the shape, not the mailbox).
+_EMAIL_ADDRESS = re.compile(r"[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+")
+
+
+def is_address(value: object) -> bool:
+    """Matched whole: `re.match` with `$` would take an address ending in a newline."""
+    return isinstance(value, str) and _EMAIL_ADDRESS.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 import secrets
 import time
 from email.utils import formataddr
@@ -16,9 +15,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from mailsvc.devserver.fakes.outbox import compose_eml
-from mailsvc.devserver.fakes.script import Failure, FakeProvider, Received, run_scripted
+from mailsvc.devserver.fakes.script import (
+    Failure,
+    FakeProvider,
+    Received,
+    is_address,
+    run_scripted,
+)
 
-EMAIL_ADDRESS = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+$")
 MAX_RECIPIENTS = 1000
 RESERVED_HEADERS = frozenset(
     {
@@ -142,10 +146,6 @@ def _phrase(status: int) -> str:
         return "Error"
 
 
-def _valid_address(value: object) -> bool:
-    return isinstance(value, str) and EMAIL_ADDRESS.match(value) is not None
-
-
 def _non_empty_string(value: object) -> bool:
     return isinstance(value, str) and value != ""
 
@@ -173,7 +173,7 @@ def validate(payload: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             for j, entry in enumerate(entries):
                 total += 1
-                if not isinstance(entry, dict) or not _valid_address(entry.get("email")):
+                if not isinstance(entry, dict) or not is_address(entry.get("email")):
                     problems.append(
                         error(INVALID_ADDRESS, f"personalizations.{i}.{kind}.{j}.email")
                     )
@@ -182,7 +182,7 @@ def validate(payload: dict[str, Any]) -> list[dict[str, Any]]:
         problems.append(error(TOO_MANY_RECIPIENTS, "personalizations"))
 
     sender = payload.get("from")
-    if not isinstance(sender, dict) or not _valid_address(sender.get("email")):
+    if not isinstance(sender, dict) or not is_address(sender.get("email")):
         problems.append(error(FROM_REQUIRED, "from.email"))
 
     templated = _non_empty_string(payload.get("template_id"))

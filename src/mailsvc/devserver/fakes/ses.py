@@ -24,10 +24,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from mailsvc.devserver.fakes.outbox import compose_eml
-from mailsvc.devserver.fakes.script import Failure, FakeProvider, Received, run_scripted
+from mailsvc.devserver.fakes.script import (
+    Failure,
+    FakeProvider,
+    Received,
+    is_address,
+    run_scripted,
+)
 
 SERVICE = "ses"
-EMAIL_ADDRESS = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+$")
 AUTHORIZATION = re.compile(
     r"AWS4-HMAC-SHA256\s+Credential=(?P<credential>[^,\s]+)\s*,\s*"
     r"SignedHeaders=(?P<signed>[^,\s]+)\s*,\s*Signature=(?P<signature>[0-9a-fA-F]+)"
@@ -227,7 +232,7 @@ def _addresses(destination: dict[str, Any], key: str) -> list[str]:
     if not isinstance(found, list) or not all(isinstance(a, str) for a in found):
         raise BadRequest(f"Destination.{key} must be a list of email addresses.")
     for address in found:
-        if not EMAIL_ADDRESS.match(parseaddr(address)[1]):
+        if not is_address(parseaddr(address)[1]):
             raise BadRequest(f"Invalid email address <{address}>.")
     return [parseaddr(address)[1] for address in found]
 
@@ -244,7 +249,7 @@ def _sender(payload: dict[str, Any]) -> str:
     if not isinstance(sender, str) or not sender:
         raise BadRequest("Missing required parameter: FromEmailAddress")
     address = parseaddr(sender)[1]
-    if not EMAIL_ADDRESS.match(address):
+    if not is_address(address):
         raise BadRequest(f"Invalid email address <{sender}>.")
     return address
 
