@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test pytest lint typecheck openapi openapi-check bench chaos format clean
+.PHONY: run test pytest lint typecheck openapi openapi-check bench chaos fuzz format clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("mailsvc needs Python 3.11 or newer" if sys.version_info < (3, 11) else 0)'
@@ -45,6 +45,13 @@ openapi-check: $(STAMP)
 ## bench: measure against the real stack, print the table (see README)
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+## fuzz: schemathesis against a real API: its coverage phase and 60 generated requests an
+##       operation, over 1,000 in all (make test runs a short pass of the same test, about 200)
+FUZZ_EXAMPLES ?= 60
+fuzz: $(STAMP)
+	MAILSVC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) MAILSVC_FUZZ_PHASES=examples,coverage,fuzzing \
+		$(BIN)/pytest tests/test_fuzz.py -s -p no:cacheprovider
 
 ## chaos: 20,000 messages through worker kills, Redis restarts and a provider outage
 chaos: $(STAMP)
