@@ -9,7 +9,9 @@
    (bench.mime).
 4. Rendering and building each built-in template on one core (bench.templates), and the
    birthday job's selection over 1,000,000 contacts (bench.birthdays).
-5. Lanes (bench.lanes, needs smtp-sink): transactional latency while 200,000 bulk messages
+5. What durable worker commits cost (bench.durability): the claim and record statements with
+   synchronous commit on and off, and the same pair end to end into smtp-sink.
+6. Lanes (bench.lanes, needs smtp-sink): transactional latency while 200,000 bulk messages
    drain, bulk throughput beside the raw ceiling and the naive baseline, and the accuracy of a
    global 6,000/min limit across 4 worker processes. `--skip-lanes` leaves it out (~9 min).
 
@@ -29,21 +31,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import accept, birthdays, lanes, mime, templates, throughput
+from bench import accept, birthdays, durability, lanes, mime, templates, throughput
 from bench.sinks import CaptureSink, PostfixSmtpSink, Sink, wait_for
-from bench.stack import Stack, start_stack
-from mailsvc.config import settings
-from mailsvc.worker.app import celery_app, configure
+from bench.stack import Stack, start_stack, use_stack
 
 RESULTS = Path(__file__).parent / "results"
 Row = tuple[str, str, str]
-
-
-def _use(stack: Stack) -> None:
-    """Point this process's publisher at the stack's Redis."""
-    settings.redis_url = stack.redis_url
-    celery_app.close()
-    configure(celery_app, settings)
 
 
 def _median(results: list[throughput.ThroughputResult]) -> throughput.ThroughputResult:
@@ -144,7 +137,7 @@ def main() -> None:
         print("starting the stack as `make run` does …", flush=True)
         stack = start_stack(folder / "capture")
         try:
-            _use(stack)
+            use_stack(stack)
             capture = CaptureSink(stack.outbox, stack.smtp_port)
             rows += _accept(stack, args, capture)
             rows += _end_to_end(stack, capture, args.messages, folder, args.trials)
@@ -156,7 +149,7 @@ def main() -> None:
             print("starting the stack again, relaying to smtp-sink …", flush=True)
             stack = start_stack(folder / "relay", smtp=(sink.host, sink.port))
             try:
-                _use(stack)
+                use_stack(stack)
                 rows += _end_to_end(stack, sink, args.messages, folder, args.trials)
             finally:
                 stack.stop()
@@ -185,6 +178,8 @@ def main() -> None:
     ]
     print("the birthday job's selection over 1,000,000 contacts …", flush=True)
     rows += birthdays.run_embedded(1_000_000)
+    print("durable claims and outcomes: synchronous commit on and off …", flush=True)
+    rows += durability.run(args.messages, rounds=5, end_to_end_rounds=4)
     if not args.skip_lanes and PostfixSmtpSink.available():
         print("lanes: latency under bulk load, throughput, rate-limit accuracy …", flush=True)
         rows += lanes.run(lanes.parser().parse_args([]))

@@ -28,6 +28,7 @@ import asyncpg
 import httpx
 
 from bench.processes import Process
+from bench.stack import UNLIMITED_API
 from mailsvc.auth.service import ensure_tenant, token_for_tenant
 from mailsvc.config import Settings
 from mailsvc.db import run_in_session, upgrade_database
@@ -104,6 +105,7 @@ def _env(
         "MAILSVC_JWT_SECRET": secret,
         "MAILSVC_ENV": "test",
         "MAILSVC_LOG_LEVEL": "WARNING",
+        "MAILSVC_API_RATE_LIMIT": UNLIMITED_API,
         "MAILSVC_PROVIDER_ORDER": "sendgrid,mailgun,ses,smtp",
         "MAILSVC_SENDGRID_API_KEY": creds.sendgrid_key,
         "MAILSVC_SENDGRID_BASE_URL": http_url,

@@ -6,9 +6,11 @@ last few hundred milliseconds of those commits, and every message whose claim or
 goes out again; with it on (the default since issue 9) a commit waits for its WAL flush. This
 measures exactly that difference: the same batches through the same statements, two streams at
 once as two worker processes would, on a real PostgreSQL with fsync on, alternating the two modes
-round by round so both see the same machine.
+round by round so both see the same machine. Then, where Postfix's smtp-sink is installed, the
+same pair end to end: `mailsvc dev` relaying to smtp-sink, 5,000 messages through one worker,
+with MAILSVC_WORKER_SYNCHRONOUS_COMMIT true and false, alternating.
 
-    python -m bench.durability [--messages 5000] [--rounds 5]
+    python -m bench.durability [--messages 5000] [--rounds 5] [--end-to-end-rounds 4]
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+from bench import throughput
+from bench.sinks import PostfixSmtpSink
+from bench.stack import start_stack, use_stack
 from mailsvc.auth.service import create_tenant, tenant_info
 from mailsvc.config import async_database_url
 from mailsvc.db import Database, upgrade_database
@@ -109,11 +114,43 @@ async def _tenant(url: str) -> uuid.UUID:
         await database.dispose()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.durability")
-    parser.add_argument("--messages", type=int, default=5000)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+def _end_to_end(messages: int, rounds: int) -> dict[bool, list[float]]:
+    """Emails a second into smtp-sink, one `mailsvc dev` stack per run, modes alternating."""
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    with tempfile.TemporaryDirectory(prefix="mailsvc-bench-") as scratch:
+        sink = PostfixSmtpSink(Path(scratch))
+        try:
+            for round_number in range(rounds):
+                order = (True, False) if round_number % 2 == 0 else (False, True)
+                for synchronous in order:
+                    setting = {"MAILSVC_WORKER_SYNCHRONOUS_COMMIT": str(synchronous).lower()}
+                    folder = Path(scratch) / f"{round_number}-{synchronous}"
+                    stack = start_stack(folder, smtp=(sink.host, sink.port), env=setting)
+                    try:
+                        use_stack(stack)
+                        jobs = asyncio.run(
+                            throughput.stage_messages(stack, messages, batch_size=100)
+                        )
+                        result = throughput.mailsvc_throughput(sink, jobs, messages)
+                    finally:
+                        stack.stop()
+                    rates[synchronous].append(result.per_second)
+                    mode = "on " if synchronous else "off"
+                    print(
+                        f"end to end, round {round_number + 1}, synchronous_commit {mode}: "
+                        f"{result.per_second:,.0f} emails/s",
+                        flush=True,
+                    )
+        finally:
+            sink.stop()
+    return rates
+
+
+Row = tuple[str, str, str]
+
+
+def run(messages: int, rounds: int, end_to_end_rounds: int) -> list[Row]:
+    """Both comparisons; the table rows of `make bench`."""
     with tempfile.TemporaryDirectory(prefix="mailsvc-bench-") as scratch:
         postgres = EmbeddedPostgres(Path(scratch) / "pg")
         plain_url = postgres.start()
@@ -122,30 +159,49 @@ def main() -> None:
             url = async_database_url(plain_url)
             tenant_id = asyncio.run(_tenant(url))
             seconds: dict[bool, list[float]] = {True: [], False: []}
-            for round_number in range(args.rounds):
+            for round_number in range(rounds):
                 order = (True, False) if round_number % 2 == 0 else (False, True)
                 for synchronous in order:
-                    took = asyncio.run(_run(url, tenant_id, args.messages, synchronous=synchronous))
+                    took = asyncio.run(_run(url, tenant_id, messages, synchronous=synchronous))
                     seconds[synchronous].append(took)
                     mode = "on " if synchronous else "off"
                     print(
                         f"round {round_number + 1}, synchronous_commit {mode}: "
-                        f"{args.messages / took:,.0f} messages/s",
+                        f"{messages / took:,.0f} messages/s",
                         flush=True,
                     )
         finally:
             postgres.stop()
     on, off = statistics.median(seconds[True]), statistics.median(seconds[False])
-    print(
-        f"\nclaim + record, {args.messages} messages, {STREAMS} streams, median of "
-        f"{args.rounds}:\n"
-        f"  synchronous_commit on  {args.messages / on:>8,.0f} messages/s "
-        f"({on / args.messages * 1000:.3f} ms a message)\n"
-        f"  synchronous_commit off {args.messages / off:>8,.0f} messages/s "
-        f"({off / args.messages * 1000:.3f} ms a message)\n"
-        f"  on / off: {off / on:.2f} of the throughput, "
-        f"+{(on - off) / args.messages * 1000:.3f} ms a message"
-    )
+    rows: list[Row] = [
+        (
+            f"claim + record, {messages} messages, {STREAMS} streams, synchronous_commit on / off",
+            f"{messages / on:,.0f} / {messages / off:,.0f} messages/s",
+            f"+{(on - off) / messages * 1000:.3f} ms a message durable; median of {rounds}",
+        )
+    ]
+    if not PostfixSmtpSink.available() or end_to_end_rounds == 0:
+        return [*rows, ("end to end, synchronous_commit on / off", "skipped", "needs smtp-sink")]
+    rates = _end_to_end(messages, end_to_end_rounds)
+    sync, unsync = statistics.median(rates[True]), statistics.median(rates[False])
+    return [
+        *rows,
+        (
+            f"end to end, {messages} messages, one worker → smtp-sink, synchronous_commit on / off",
+            f"{sync:,.0f} / {unsync:,.0f} emails/s",
+            f"{sync / unsync:.2f} of the throughput durable; median of {end_to_end_rounds}",
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.durability")
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--end-to-end-rounds", type=int, default=4)
+    args = parser.parse_args()
+    for name, value, note in run(args.messages, args.rounds, args.end_to_end_rounds):
+        print(f"{name}: {value} ({note})")
 
 
 if __name__ == "__main__":

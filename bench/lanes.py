@@ -40,6 +40,7 @@ from bench.content import message_body
 from bench.processes import Process
 from bench.raw_ceiling import run_raw_ceiling
 from bench.sinks import PostfixSmtpSink
+from bench.stack import UNLIMITED_API
 from bench.throughput import naive_throughput
 from mailsvc.auth.service import TenantInfo, ensure_tenant, token_for_tenant
 from mailsvc.config import RateLimitSpec, Settings, async_database_url
@@ -112,6 +113,7 @@ def _env(database_url: str, redis_url: str, secret: str, smtp_port: int) -> dict
         "MAILSVC_JWT_SECRET": secret,
         "MAILSVC_ENV": "test",
         "MAILSVC_LOG_LEVEL": "WARNING",
+        "MAILSVC_API_RATE_LIMIT": UNLIMITED_API,
         "MAILSVC_PROVIDER_ORDER": "smtp",
         "MAILSVC_SMTP_HOST": "127.0.0.1",
         "MAILSVC_SMTP_PORT": str(smtp_port),

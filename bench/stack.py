@@ -13,6 +13,9 @@ from pathlib import Path
 
 from mailsvc.devserver.embedded import free_port
 
+# The benches measure capacity: one tenant's API rate limit would be measured instead.
+UNLIMITED_API = '{"per_second": 1000000, "burst": 1000000}'
+
 
 @dataclass
 class Stack:
@@ -37,8 +40,12 @@ class Stack:
                 self.process.kill()
 
 
-def start_stack(folder: Path, *, smtp: tuple[str, int] | None = None) -> Stack:
-    """`mailsvc dev` in `folder`; with `smtp`, mail is relayed there instead of captured."""
+def start_stack(
+    folder: Path, *, smtp: tuple[str, int] | None = None, env: dict[str, str] | None = None
+) -> Stack:
+    """`mailsvc dev` in `folder`; with `smtp`, mail is relayed there instead of captured.
+
+    `env` adds MAILSVC_* settings, so that one run can compare two of them side by side."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = folder / "dev.log"
@@ -55,7 +62,12 @@ def start_stack(folder: Path, *, smtp: tuple[str, int] | None = None) -> Stack:
                 *(["--smtp", f"{smtp[0]}:{smtp[1]}"] if smtp else []),
             ],
             cwd=folder,
-            env={**clean, "MAILSVC_LOG_LEVEL": "WARNING"},
+            env={
+                **clean,
+                "MAILSVC_LOG_LEVEL": "WARNING",
+                "MAILSVC_API_RATE_LIMIT": UNLIMITED_API,
+                **(env or {}),
+            },
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -77,6 +89,16 @@ def start_stack(folder: Path, *, smtp: tuple[str, int] | None = None) -> Stack:
         redis_url=runtime["redis_url"],
         smtp_port=runtime["smtp_port"],
     )
+
+
+def use_stack(stack: Stack) -> None:
+    """Point this process's publisher at the stack's Redis."""
+    from mailsvc.config import settings
+    from mailsvc.worker.app import celery_app, configure
+
+    settings.redis_url = stack.redis_url
+    celery_app.close()
+    configure(celery_app, settings)
 
 
 def count_files(folder: Path) -> int:

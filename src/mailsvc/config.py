@@ -125,6 +125,9 @@ class Settings(BaseSettings):
 
     # -- the outbox: claims, sweeper, dispatcher ---------------------------------------------------
     claim_lease_seconds: int = 120
+    # Off trades the PostgreSQL-crash guarantee for throughput: a crash can lose the last few
+    # hundred ms of claims and outcomes, and those messages go out twice (bench.durability).
+    worker_synchronous_commit: bool = True
     sweep_after_seconds: int = 60
     sweep_interval_seconds: float = 30.0
     dispatch_interval_seconds: float = 2.0

@@ -127,6 +127,29 @@ def test_two_threads_run_tasks_at_once_each_on_its_own_runtime(servers: TestServ
     assert not fresh.loop.is_closed()
 
 
+@pytest.mark.usefixtures("worker_settings")
+@pytest.mark.parametrize(("durable", "expected"), [(True, "on"), (False, "off")])
+def test_workers_commit_synchronously_unless_told_otherwise(
+    servers: TestServers, monkeypatch: pytest.MonkeyPatch, durable: bool, expected: str
+) -> None:
+    """A worker's claims and outcomes wait for the WAL flush: a PostgreSQL crash loses none of
+    them (MAILSVC_WORKER_SYNCHRONOUS_COMMIT=false trades that for throughput)."""
+    monkeypatch.setattr(settings, "worker_synchronous_commit", durable)
+
+    async def setting(runtime: bridge.Runtime) -> str:
+        async with runtime.database.autocommit() as connection:
+            value: str = (await connection.execute(text("SHOW synchronous_commit"))).scalar_one()
+            return value
+
+    def in_a_thread() -> str:
+        runtime = bridge.runtime()
+        return runtime.run(setting(runtime))
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert pool.submit(in_a_thread).result(timeout=60) == expected
+    bridge.stop()
+
+
 # -- a real `mailsvc worker --pool threads` (and solo) ----------------------------------------
 
 MESSAGES = 40

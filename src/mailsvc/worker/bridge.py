@@ -105,11 +105,14 @@ def start() -> Runtime:
             cooldown_seconds=settings.breaker_cooldown_seconds,
             cache_seconds=settings.breaker_cache_seconds,
         )
-        # Claims and outcomes wait for their WAL flush, as accepts do: with synchronous_commit
-        # off, a PostgreSQL crash lost the last few hundred milliseconds of them, and every
-        # message whose claim or outcome was lost went out twice. It costs about 0.035 ms a
-        # message (python -m bench.durability: claim + record, 0.29 against 0.255 ms).
-        database = Database.from_url(settings.async_database_url, pool_size=RUNTIME_POOL_SIZE)
+        # Claims and outcomes wait for their WAL flush (by default), as accepts do: with
+        # synchronous_commit off, a PostgreSQL crash lost the last few hundred milliseconds of
+        # them, and every message whose claim or outcome was lost went out twice.
+        database = Database.from_url(
+            settings.async_database_url,
+            pool_size=RUNTIME_POOL_SIZE,
+            synchronous_commit=settings.worker_synchronous_commit,
+        )
 
         async def load_limits() -> dict[str, RateLimitSpec]:
             async with database.sessionmaker() as session:
