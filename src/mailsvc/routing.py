@@ -9,6 +9,7 @@ Each route documents the statuses it can answer from the same facts (`error_stat
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -66,7 +67,8 @@ def _is_json(content_type: str) -> bool:
         return False
     for param in params.split(";"):
         name, _, value = param.partition("=")
-        if name.strip().lower() == "charset" and value.strip().strip('"').lower() != "utf-8":
+        charset = value.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
             return False
     return True
 
@@ -117,7 +119,7 @@ class ApiRoute(APIRoute):
         return route
 
 
-async def _rate_limit(request: Request, tenant_id: Any) -> None:
+async def _rate_limit(request: Request, tenant_id: uuid.UUID) -> None:
     limiter: ApiRateLimit | None = getattr(request.app.state, "api_rate_limit", None)
     if limiter is None:
         return
