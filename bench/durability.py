@@ -33,12 +33,13 @@ from mailsvc.db import Database, upgrade_database
 from mailsvc.devserver.embedded import EmbeddedPostgres
 from mailsvc.kit.time import utcnow
 from mailsvc.messages import service
-from mailsvc.messages.repository import AttemptRecord, DeliveryRepository, Outcome
 from mailsvc.messages.schemas import MessageCreate
-from mailsvc.worker import queues
+from mailsvc.models import MessageStatus
+from mailsvc.sending.lanes import Lane
+from mailsvc.sending.repository import AttemptRecord, DeliveryRepository, Outcome
 
 BATCH = 100  # ids per bulk task
-RECORD_EVERY = 50  # outcomes per record statement, as sending.deliver writes them
+RECORD_EVERY = 50  # outcomes per record statement, as pipeline.deliver writes them
 STREAMS = 2  # worker processes
 
 
@@ -55,7 +56,7 @@ async def _stage(database: Database, tenant_id: uuid.UUID, count: int) -> list[u
                 MessageCreate.model_validate(
                     {"to": [f"u{i}@example.net"], "subject": "s", "text": "t"}
                 ),
-                lane=queues.BULK,
+                lane=Lane.bulk,
             )
             for i in range(count)
         ]
@@ -72,7 +73,7 @@ async def _stream(database: Database, batches: list[list[uuid.UUID]]) -> None:
             for start in range(0, len(claimed), RECORD_EVERY):
                 part = claimed[start : start + RECORD_EVERY]
                 await repo.record(
-                    [Outcome(m.id, m.attempt, "sent", provider="smtp") for m in part],
+                    [Outcome(m.id, m.attempt, MessageStatus.sent, provider="smtp") for m in part],
                     [
                         AttemptRecord(
                             m.id,

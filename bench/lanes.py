@@ -49,7 +49,7 @@ from mailsvc.devserver.embedded import EmbeddedPostgres, EmbeddedRedis, free_por
 from mailsvc.messages import service
 from mailsvc.messages.schemas import MessageCreate
 from mailsvc.ratelimit.repository import RateLimitRepository
-from mailsvc.worker import queues
+from mailsvc.sending.lanes import Lane
 
 Row = tuple[str, str, str]
 
@@ -152,7 +152,7 @@ async def stage_bulk(database_url: str, tenant: TenantInfo, count: int) -> None:
             async with database.transaction() as session:
                 rows = [
                     service.build_message(
-                        tenant, MessageCreate.model_validate(message_body(i)), lane=queues.BULK
+                        tenant, MessageCreate.model_validate(message_body(i)), lane=Lane.bulk
                     )
                     for i in range(start, min(count, start + 5000))
                 ]

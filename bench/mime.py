@@ -34,11 +34,11 @@ from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr
 
 from bench.content import message_body
-from mailsvc.delivery.message import Address, OutgoingEmail
+from mailsvc.delivery.message import Mailbox, OutgoingEmail
 from mailsvc.delivery.mime import build_mime
 
 DISTINCT = 200
-SENDER = Address("noreply@example.com", "Example")
+SENDER = Mailbox("noreply@example.com", "Example")
 NON_ASCII_SUFFIX = " — ça marche"
 DATE = datetime(2026, 1, 15, 9, 30, 5, tzinfo=UTC)
 MAX_LINE = 998  # RFC 5322 section 2.1.1, without the CRLF
@@ -50,7 +50,7 @@ class MessageInput:
 
     message_id: uuid.UUID
     message_id_header: str
-    sender: Address
+    sender: Mailbox
     recipient: str
     subject: str
     text: str
@@ -92,7 +92,7 @@ def outgoing_email(m: MessageInput) -> OutgoingEmail:
         message_id=m.message_id,
         message_id_header=m.message_id_header,
         sender=m.sender,
-        to=[Address(m.recipient)],
+        to=[Mailbox(m.recipient)],
         subject=m.subject,
         date=m.date,
         text=m.text,

@@ -20,7 +20,7 @@ from typing import Any
 
 from celery import Celery
 
-from mailsvc.delivery.message import Address, OutgoingEmail
+from mailsvc.delivery.message import Mailbox, OutgoingEmail
 from mailsvc.delivery.mime import build_mime
 
 app = Celery("naive", broker=os.environ.get("NAIVE_BROKER_URL", "redis://127.0.0.1:6379/0"))
@@ -32,8 +32,8 @@ def send(message: dict[str, Any]) -> None:
     email = OutgoingEmail(
         message_id=uuid.uuid4(),
         message_id_header=f"<{uuid.uuid4().hex}@example.com>",
-        sender=Address("noreply@example.com"),
-        to=[Address(address) for address in message["to"]],
+        sender=Mailbox("noreply@example.com"),
+        to=[Mailbox(address) for address in message["to"]],
         subject=message["subject"],
         date=datetime.now(UTC),
         text=message["text"],

@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from bench.mime import DATE, SENDER, MessageInput, check_message
 from mailsvc.config import settings
-from mailsvc.delivery.message import Address, OutgoingEmail
+from mailsvc.delivery.message import Mailbox, OutgoingEmail
 from mailsvc.delivery.mime import build_mime
 from mailsvc.templates.builtin import BUILTIN_NAMES, sample_variables
 from mailsvc.templates.engine import Rendered
@@ -75,7 +75,7 @@ def _outgoing(job: _Job, rendered: Rendered) -> OutgoingEmail:
         message_id=message_id,
         message_id_header=f"<{message_id.hex}@example.com>",
         sender=SENDER,
-        to=[Address(job.email, job.name)],
+        to=[Mailbox(job.email, job.name)],
         subject=rendered.subject,
         date=DATE,
         text=rendered.text,

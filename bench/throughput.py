@@ -21,7 +21,7 @@ from mailsvc.db import Database
 from mailsvc.kit.outbox import Job, outbox_of
 from mailsvc.messages import service
 from mailsvc.messages.schemas import MessageCreate
-from mailsvc.worker import queues
+from mailsvc.sending.lanes import Lane
 from mailsvc.worker.publish import publish_jobs
 
 
@@ -55,7 +55,7 @@ async def stage_messages(stack: Stack, count: int, *, batch_size: int) -> list[J
             )
             rows = [
                 service.build_message(
-                    info, MessageCreate.model_validate(message_body(i)), lane=queues.BULK
+                    info, MessageCreate.model_validate(message_body(i)), lane=Lane.bulk
                 )
                 for i in range(count)
             ]

@@ -9,10 +9,8 @@ tests, whose workers must see committed rows, commit through their own tenants i
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import timedelta
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -24,19 +22,25 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from mailsvc.app import create_app
-from mailsvc.auth.scopes import ALL_SCOPES
 from mailsvc.auth.service import create_tenant
-from mailsvc.auth.tokens import issue_token
-from mailsvc.config import Settings, async_database_url, settings
+from mailsvc.config import async_database_url, settings
 from mailsvc.db import Database, upgrade_database
 from mailsvc.devserver.capture_smtp import start_capture_server
 from mailsvc.devserver.embedded import free_port
 from mailsvc.devserver.fakes import FakeProviders
+from mailsvc.kit.logging import ContextFilter
 from mailsvc.models import Tenant
 from mailsvc.worker.app import celery_app, configure
+from tests.support.api import REQUEST_ID
+from tests.support.auth import TEST_DOMAIN, TenantFactory
+from tests.support.publish import RecordingPublisher
 from tests.support.servers import TestServers, test_servers
 
-TEST_DOMAIN = "example.com"
+
+@pytest.fixture(autouse=True)
+def _log_context_on_captured_records(caplog: pytest.LogCaptureFixture) -> None:
+    """Captured records carry the log context, as the production handler's do."""
+    caplog.handler.addFilter(ContextFilter())
 
 
 @pytest.fixture(scope="session")
@@ -89,9 +93,6 @@ async def session(database: Database) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-TenantFactory = Callable[..., Awaitable[Tenant]]
-
-
 @pytest.fixture
 def make_tenant(session: AsyncSession) -> TenantFactory:
     async def make(name: str | None = None, domains: list[str] | None = None) -> Tenant:
@@ -106,19 +107,17 @@ def make_tenant(session: AsyncSession) -> TenantFactory:
     return make
 
 
-def token(tenant: Tenant, scopes: tuple[str, ...] | list[str] = ALL_SCOPES, **kw: Any) -> str:
-    return issue_token(
-        tenant_id=tenant.id, scopes=scopes, ttl=kw.pop("ttl", timedelta(minutes=10)), **kw
-    )
-
-
-def bearer(tenant: Tenant, scopes: tuple[str, ...] | list[str] = ALL_SCOPES) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(tenant, scopes)}"}
+@pytest.fixture
+def published() -> RecordingPublisher:
+    """The jobs the in-process API released: its rows are rolled back, so no broker gets them."""
+    return RecordingPublisher()
 
 
 @pytest_asyncio.fixture
-async def app(database: Database, redis_client: aioredis.Redis) -> AsyncIterator[FastAPI]:
-    app = create_app(database=database)
+async def app(
+    database: Database, redis_client: aioredis.Redis, published: RecordingPublisher
+) -> AsyncIterator[FastAPI]:
+    app = create_app(database=database, publish=published)
     async with app.router.lifespan_context(app):
         yield app
 
@@ -126,7 +125,9 @@ async def app(database: Database, redis_client: aioredis.Redis) -> AsyncIterator
 @pytest_asyncio.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://mailsvc.test") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://mailsvc.test", headers={"X-Request-ID": REQUEST_ID}
+    ) as client:
         yield client
 
 
@@ -152,17 +153,6 @@ def fake_providers(fakes: FakeProviders) -> FakeProviders:
     return fakes
 
 
-def provider_env(fakes: FakeProviders, order: str = "sendgrid,mailgun,ses,smtp") -> dict[str, str]:
-    """MAILSVC_* settings that point every provider at the fakes."""
-    return fakes.settings_env(order)
-
-
-def provider_settings(fakes: FakeProviders, **overrides: Any) -> Settings:
-    env = {k.removeprefix("MAILSVC_").lower(): v for k, v in provider_env(fakes).items()}
-    env["provider_order"] = env["provider_order"].split(",")
-    return Settings(**{**env, **overrides})
-
-
 # -- end to end ---------------------------------------------------------------------------------
 
 
@@ -173,23 +163,6 @@ def smtp_sink(tmp_path: Path) -> Iterator[tuple[Controller, Path]]:
     controller = start_capture_server(outbox, port=free_port())
     yield controller, outbox
     controller.stop()
-
-
-def service_env(servers: TestServers, **overrides: str) -> dict[str, str]:
-    """Environment for a mailsvc process started by a test."""
-    assert settings.jwt_secret is not None
-    env = {
-        "MAILSVC_DATABASE_URL": servers.database_url,
-        "MAILSVC_REDIS_URL": servers.redis_url,
-        "MAILSVC_JWT_SECRET": settings.jwt_secret.get_secret_value(),
-        "MAILSVC_ENV": "test",
-        "MAILSVC_LOG_LEVEL": "INFO",
-        "MAILSVC_SMTP_HOST": "127.0.0.1",
-        # A beat a test stopped hard frees the single-beat lock soon for the next test's beat.
-        "MAILSVC_BEAT_LOCK_SECONDS": "3",
-    }
-    env.update(overrides)
-    return env
 
 
 @pytest_asyncio.fixture
@@ -216,5 +189,9 @@ async def live_client(
     app = create_app(database=live_database)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://mailsvc.test") as c:
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://mailsvc.test",
+            headers={"X-Request-ID": REQUEST_ID},
+        ) as c:
             yield c

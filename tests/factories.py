@@ -10,7 +10,7 @@ from mailsvc.auth.service import tenant_info
 from mailsvc.messages import service
 from mailsvc.messages.schemas import MessageCreate
 from mailsvc.models import Tenant
-from mailsvc.worker import queues
+from mailsvc.sending.lanes import Lane
 
 
 async def queue_messages(
@@ -19,7 +19,7 @@ async def queue_messages(
     count: int,
     *,
     batch_size: int = 1,
-    lane: str = queues.TRANSACTIONAL,
+    lane: str = Lane.transactional,
 ) -> list[uuid.UUID]:
     """Accepted messages; transactional ones are published at once, bulk ones wait parked."""
     rows = [

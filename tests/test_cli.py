@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
+import asyncpg
 import jwt
 import pytest
+from sqlalchemy.engine import make_url
 
+from mailsvc.auth.service import tenant_info
 from mailsvc.auth.tokens import verify_token
 from mailsvc.config import Settings
+from mailsvc.models import Tenant
 from tests.support.servers import TestServers
 
 
@@ -48,7 +57,9 @@ def test_tenant_and_token(cli_env: dict[str, str]) -> None:
     )
     assert created.returncode == 0, created.stderr
     assert created.stdout.startswith(f"tenant {name} ")
-    assert created.stdout.strip().endswith("domains=acme.example,mail.acme.example")
+    assert created.stdout.strip().endswith(
+        "domains=acme.example,mail.acme.example sender=noreply@acme.example"
+    )
 
     issued = mailsvc(
         "token",
@@ -159,3 +170,264 @@ def test_a_bad_rate_limit_scope_is_refused(cli_env: dict[str, str]) -> None:
     zero = mailsvc("limits", "set", "lane:bulk", "--per-minute", "0", env=cli_env)
     assert zero.returncode == 2
     assert "'0' is not a whole number above 0" in zero.stderr
+
+
+# -- item 7: the command is complete and honest ------------------------------------------------
+
+COMMANDS = ("dev", "api", "worker", "beat", "db", "tenant", "token", "limits", "openapi")
+NO_DATABASE = "mailsvc: no database: set MAILSVC_DATABASE_URL, or start `make run` in this folder"
+
+
+def one_line_refusal(result: subprocess.CompletedProcess[str], exit_code: int) -> str:
+    """The stderr line of a command that stopped as documented: nothing on stdout, no traceback."""
+    assert result.returncode == exit_code, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("mailsvc: ")
+    return lines[0]
+
+
+def head_revision() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from mailsvc.db import alembic_ini
+
+    head = ScriptDirectory.from_config(Config(str(alembic_ini()))).get_current_head()
+    assert head is not None
+    return head
+
+
+@pytest.fixture
+def empty_database(servers: TestServers) -> Iterator[str]:
+    """A database of its own on the test server, with no tables: as a new deployment's is."""
+    name = f"mailsvc_cli_{secrets.token_hex(5)}"
+    server = make_url(servers.database_url).set(drivername="postgresql")
+    admin = server.render_as_string(hide_password=False)
+
+    async def run(statement: str) -> None:
+        connection = await asyncpg.connect(admin)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    yield server.set(database=name).render_as_string(hide_password=False)
+    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: a database that does not answer."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_help_lists_every_command(tmp_path: Path) -> None:
+    result = mailsvc("--help", env={}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    section = result.stdout.split("\ncommands:\n", 1)[1].split("\n\n", 1)[0]
+    listed = [line.split()[0] for line in section.splitlines() if line.startswith("    ")]
+    assert listed == list(COMMANDS)
+    for code in ("0  done", "2  refused", "3  not configured", "4  the database does not answer"):
+        assert f"  {code}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "actions"),
+    [("tenant", ["create", "list"]), ("token", ["create"]), ("db", ["upgrade"])],
+)
+def test_help_lists_each_commands_actions(command: str, actions: list[str], tmp_path: Path) -> None:
+    result = mailsvc(command, "--help", env={}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    listed = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("    ")]
+    assert listed == actions
+
+
+def test_version_is_the_packages(tmp_path: Path) -> None:
+    result = mailsvc("--version", env={}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"mailsvc {metadata.version('mailsvc')}\n"
+
+
+def test_db_upgrade_says_what_it_did(empty_database: str, tmp_path: Path) -> None:
+    env = {"MAILSVC_DATABASE_URL": empty_database, "MAILSVC_DATA_DIR": str(tmp_path / "data")}
+    head = head_revision()
+
+    first = mailsvc("db", "upgrade", "0005", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "migrated an empty database to 0005\n"
+
+    second = mailsvc("db", "upgrade", env=env, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == f"upgraded the database from 0005 to {head} (head)\n"
+
+    third = mailsvc("db", "upgrade", env=env, cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert third.stdout == f"the database is already at {head} (head): nothing to do\n"
+    assert "Traceback" not in first.stderr + second.stderr + third.stderr
+
+
+def test_db_upgrade_of_a_fresh_database_to_head(empty_database: str, tmp_path: Path) -> None:
+    env = {"MAILSVC_DATABASE_URL": empty_database, "MAILSVC_DATA_DIR": str(tmp_path / "data")}
+    done = mailsvc("db", "upgrade", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"migrated an empty database to {head_revision()} (head)\n"
+    listed = mailsvc("tenant", "list", env=env, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == "name\tid\tdomains\tdefault sender\n"
+
+
+@pytest.mark.parametrize(
+    ("sender", "stored", "display_name"),
+    [
+        ("Acme <no-reply@acme.example>", "Acme <no-reply@acme.example>", "Acme"),
+        (
+            '"Acme, Inc." <no-reply@Acme.Example>',
+            '"Acme, Inc." <no-reply@acme.example>',
+            "Acme, Inc.",
+        ),
+        ("no-reply@acme.example", "no-reply@acme.example", None),
+    ],
+)
+def test_tenant_create_with_a_sender_then_list(
+    cli_env: dict[str, str], sender: str, stored: str, display_name: str | None
+) -> None:
+    name = f"sender-{secrets.token_hex(3)}"
+    created = mailsvc(
+        "tenant", "create", name, "--domains", "acme.example", "--sender", sender, env=cli_env
+    )
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.endswith(f" domains=acme.example sender={stored}\n")
+    tenant_id = uuid.UUID(created.stdout.split()[2])
+
+    listed = mailsvc("tenant", "list", env=cli_env)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0] == "name\tid\tdomains\tdefault sender"
+    assert f"{name}\t{tenant_id}\tacme.example\t{stored}" in lines[1:]
+
+    # What messages that give no From are sent as: the address, and the name beside it.
+    info = tenant_info(
+        Tenant(id=tenant_id, name=name, allowed_domains=["acme.example"], default_sender=stored)
+    )
+    assert info.default_sender == "no-reply@acme.example"
+    assert info.default_sender_name == display_name
+
+
+@pytest.mark.parametrize(
+    ("sender", "message"),
+    [
+        (
+            "Acme <no-reply@elsewhere.example>",
+            "mailsvc: default sender 'no-reply@elsewhere.example' is outside the tenant's domains",
+        ),
+        (
+            "Acme <not an address>",
+            "mailsvc: 'Acme <not an address>' is not a sender: give `Name <address>` or an address",
+        ),
+        (
+            "a@acme.example, b@acme.example",
+            "mailsvc: 'a@acme.example, b@acme.example' is not a sender: "
+            "give `Name <address>` or an address",
+        ),
+    ],
+)
+def test_a_bad_sender_is_refused(cli_env: dict[str, str], sender: str, message: str) -> None:
+    name = f"bad-sender-{secrets.token_hex(3)}"
+    result = mailsvc(
+        "tenant", "create", name, "--domains", "acme.example", "--sender", sender, env=cli_env
+    )
+    assert one_line_refusal(result, 2) == message
+    assert name not in mailsvc("tenant", "list", env=cli_env).stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["tenant", "list"],
+        ["tenant", "create", "acme", "--domains", "acme.example"],
+        ["db", "upgrade"],
+        ["limits", "show"],
+        ["api"],
+        ["worker"],
+    ],
+)
+def test_no_database_configured_is_one_line_and_exit_3(command: list[str], tmp_path: Path) -> None:
+    """No MAILSVC_DATABASE_URL and no running dev: nothing is started in its place."""
+    result = mailsvc(*command, env={}, cwd=tmp_path)
+    assert one_line_refusal(result, 3) == NO_DATABASE
+    assert list(tmp_path.iterdir()) == []  # no .mailsvc/pg: no embedded PostgreSQL
+
+
+def test_token_without_a_secret_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    result = mailsvc(
+        "token", "create", "--tenant", "acme", "--scopes", "admin", env={}, cwd=tmp_path
+    )
+    assert one_line_refusal(result, 3) == (
+        "mailsvc: no signing secret: set MAILSVC_JWT_SECRET, or start `make run` in this folder"
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["tenant", "list"],
+        ["tenant", "create", "acme", "--domains", "acme.example"],
+        ["token", "create", "--tenant", "acme", "--scopes", "admin"],
+        ["limits", "show"],
+    ],
+)
+def test_an_unmigrated_database_is_one_line_and_exit_5(
+    command: list[str], empty_database: str, tmp_path: Path
+) -> None:
+    env = {
+        "MAILSVC_DATABASE_URL": empty_database,
+        "MAILSVC_JWT_SECRET": secrets.token_urlsafe(48),
+        "MAILSVC_DATA_DIR": str(tmp_path / "data"),
+    }
+    result = mailsvc(*command, env=env, cwd=tmp_path)
+    assert one_line_refusal(result, 5) == (
+        f"mailsvc: the database has no tables yet, this release needs {head_revision()}: "
+        "run `mailsvc db upgrade`"
+    )
+
+
+def test_a_database_at_an_older_revision_is_one_line_and_exit_5(
+    empty_database: str, tmp_path: Path
+) -> None:
+    env = {"MAILSVC_DATABASE_URL": empty_database, "MAILSVC_DATA_DIR": str(tmp_path / "data")}
+    assert mailsvc("db", "upgrade", "0005", env=env, cwd=tmp_path).returncode == 0
+    result = mailsvc("tenant", "list", env=env, cwd=tmp_path)
+    assert one_line_refusal(result, 5) == (
+        f"mailsvc: the database is at 0005, this release needs {head_revision()}: "
+        "run `mailsvc db upgrade`"
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["tenant", "list"],
+        ["db", "upgrade"],
+        ["token", "create", "--tenant", "a", "--scopes", "admin"],
+    ],
+)
+def test_a_database_that_does_not_answer_is_one_line_and_exit_4(
+    command: list[str], tmp_path: Path
+) -> None:
+    port = closed_port()
+    env = {
+        "MAILSVC_DATABASE_URL": f"postgresql://mailsvc:hunter2@127.0.0.1:{port}/mailsvc",
+        "MAILSVC_JWT_SECRET": secrets.token_urlsafe(48),
+    }
+    line = one_line_refusal(mailsvc(*command, env=env, cwd=tmp_path), 4)
+    assert line.startswith(
+        f"mailsvc: cannot reach the database postgresql://mailsvc:***@127.0.0.1:{port}/mailsvc "
+        "(ConnectionRefusedError: "
+    )
+    assert "hunter2" not in line

@@ -22,14 +22,19 @@ from mailsvc.auth.tokens import issue_token
 from mailsvc.config import async_database_url
 from mailsvc.db import Database, database_unavailable
 from mailsvc.devserver.embedded import free_port
-from tests.support.api import problem
+from tests.support.api import REQUEST_ID, problem
 from tests.support.operations import OPERATIONS, Operation
+from tests.support.publish import RecordingPublisher
 from tests.support.servers import TestServers
 
 
 def _headers() -> dict[str, str]:
     token = issue_token(tenant_id=uuid.uuid4(), scopes=ALL_SCOPES, ttl=timedelta(minutes=5))
-    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    return {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json",
+        "X-Request-ID": REQUEST_ID,
+    }
 
 
 @pytest_asyncio.fixture
@@ -49,7 +54,7 @@ async def _app_on(port: int, redis_client: aioredis.Redis) -> AsyncIterator[http
     database = Database.from_url(
         f"postgresql+asyncpg://postgres@127.0.0.1:{port}/mailsvc", pool_size=1
     )
-    app = create_app(database=database)
+    app = create_app(database=database, publish=RecordingPublisher())
     try:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
@@ -85,9 +90,12 @@ async def test_postgresql_down_is_503_with_retry_after_for_every_operation(
                 entries = [r for r in caplog.records if r.name.startswith("mailsvc")]
                 answered = [r for r in entries if "answered 503" in r.getMessage()]
                 assert len(answered) == 1, [r.getMessage() for r in entries]
-                # A line each, never a traceback (the rate limits' re-read may add one too).
-                assert all(r.levelno == logging.WARNING for r in entries)
+                # A line each, never a traceback (the rate limits' re-read may add one too),
+                # and the request's id on it. The access line is a line of its own, at INFO.
+                problems = [r for r in entries if r.name != "mailsvc.access"]
+                assert all(r.levelno == logging.WARNING for r in problems)
                 assert all(r.exc_info is None for r in entries)
+                assert getattr(answered[0], "request_id", None) == REQUEST_ID
 
 
 async def _call(
@@ -100,7 +108,7 @@ async def _call(
 async def test_a_bug_is_one_500_and_one_traceback(
     database: Database, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app: FastAPI = create_app(database=database)
+    app: FastAPI = create_app(database=database, publish=RecordingPublisher())
 
     async def broken() -> None:
         raise KeyError("a bug")
@@ -110,7 +118,7 @@ async def test_a_bug_is_one_500_and_one_traceback(
         transport = httpx.ASGITransport(app=app)  # raise_app_exceptions: nothing escapes
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             with caplog.at_level(logging.INFO):
-                response = await client.get("/broken")
+                response = await client.get("/broken", headers={"X-Request-ID": REQUEST_ID})
     assert response.status_code == 500
     assert response.json() == problem(
         500, "Internal Server Error", "an unexpected error", "internal"

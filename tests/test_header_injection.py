@@ -16,7 +16,7 @@ import pytest
 
 from mailsvc.kit.headers import check_header_text, one_line, unsafe_character
 from mailsvc.models import Tenant
-from tests.conftest import bearer
+from tests.support.auth import bearer
 from tests.support.operations import OPERATIONS, Operation, replaced
 
 UNSAFE = [

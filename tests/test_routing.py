@@ -13,8 +13,8 @@ from fastapi import FastAPI
 
 from mailsvc.auth import scopes
 from mailsvc.models import Tenant
-from tests.conftest import bearer
 from tests.support.api import problem
+from tests.support.auth import bearer
 from tests.support.operations import (
     OPERATIONS,
     WITH_BODY,

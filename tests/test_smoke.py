@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from mailsvc.models import Tenant
-from tests.conftest import bearer
+from tests.support.auth import bearer
 
 
 async def test_healthz(client: httpx.AsyncClient) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,17 +16,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from mailsvc import __version__
 from mailsvc.auth.service import TenantCache
-from mailsvc.config import RateLimitSpec, settings
+from mailsvc.config import RateLimitSpec, Settings, settings
 from mailsvc.contacts.endpoints import router as contacts_router
 from mailsvc.db import Database, database_unavailable, describe_outage
 from mailsvc.errors import MailsvcError, Problem, problem
 from mailsvc.events.endpoints import router as events_router
 from mailsvc.kit.asgi import HttpMiddleware
+from mailsvc.kit.logging import log_context
 from mailsvc.kit.outbox import Publisher
 from mailsvc.messages.endpoints import router as messages_router
 from mailsvc.metrics import RequestMetrics
@@ -36,12 +41,51 @@ from mailsvc.routing import RATE_LIMIT_HEADERS, ApiRoute
 from mailsvc.schedules.endpoints import router as schedules_router
 from mailsvc.templates.endpoints import links_router
 from mailsvc.templates.endpoints import router as templates_router
+from mailsvc.worker.app import celery_app, configure
 from mailsvc.worker.publish import CoalescingPublisher
 
 log = logging.getLogger(__name__)
 
 UNAVAILABLE_RETRY_AFTER_SECONDS = 2
 API_LIMIT_REDIS_TIMEOUT = 0.25
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+access_log = logging.getLogger("mailsvc.access")
+
+
+class RequestContext(HttpMiddleware):
+    """Every request's log lines carry its request id (the caller's X-Request-ID when it is a
+    sane one, else a new one), echoed in the response; one access line per request names its
+    method, route, status, time and, once the token is read (routing.ApiRoute), its tenant."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        given = Headers(scope=scope).get("x-request-id", "")
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode("ascii")),
+                ]
+            await send(message)
+
+        with log_context(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                access_log.info(
+                    "%s %s %d %.1f ms",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    (time.perf_counter() - started) * 1000,
+                )
 
 
 class ErrorBoundary(HttpMiddleware):
@@ -157,23 +201,35 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
-def create_app(*, database: Database | None = None, publish: Publisher | None = None) -> FastAPI:
-    """The API. Tests pass their own database (a rolled-back connection) and publisher."""
+def create_app(
+    *,
+    config: Settings | None = None,
+    database: Database | None = None,
+    publish: Publisher | None = None,
+) -> FastAPI:
+    """The API, on `config` (by default the settings the process read from its environment).
+    Tests pass their own database (a rolled-back connection) and publisher."""
+    config = config or settings
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = database is None
-        app.state.database = database or Database.from_url(settings.async_database_url)
+        app.state.database = database or Database.from_url(
+            config.async_database_url, pool_size=config.db_pool_size
+        )
         publisher = CoalescingPublisher(
-            window=settings.publish_window_ms / 1000, max_ids=settings.publish_max_ids
+            window=config.publish_window_ms / 1000, max_ids=config.publish_max_ids
         )
         if publish is None:
+            configure(celery_app, config)  # this process publishes to the broker
             await publisher.start()
         app.state.publish = publish or publisher
         app.state.tenants = TenantCache()
-        limiter_redis = _api_limiter_redis()
+        limiter_redis = _api_limiter_redis(config)
         app.state.api_rate_limit = (
-            None if limiter_redis is None else _api_rate_limit(limiter_redis, app.state.database)
+            None
+            if limiter_redis is None
+            else _api_rate_limit(config, limiter_redis, app.state.database)
         )
         try:
             yield
@@ -191,12 +247,21 @@ def create_app(*, database: Database | None = None, publish: Publisher | None = 
         lifespan=lifespan,
         responses={},
     )
-    # Outermost last: metrics see every status, the boundary's 500s and 503s included.
+    # Outermost last: metrics see every status, the boundary's 500s and 503s included, and the
+    # boundary's log lines and problem bodies carry the request id.
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(ErrorBoundary)
+    app.add_middleware(RequestContext)
     app.add_middleware(RequestMetrics)
     _install_error_handlers(app)
-    body_limits = {"/v1/messages/batch": settings.max_batch_body_bytes}
+    app.state.settings = config
+    _mount_routers(app, config)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _mount_routers(app: FastAPI, config: Settings) -> None:
+    body_limits = {"/v1/messages/batch": config.max_batch_body_bytes}
     for router in (
         messages_router,
         events_router,
@@ -209,31 +274,29 @@ def create_app(*, database: Database | None = None, publish: Publisher | None = 
         _summaries_from_docstrings(router)
         for route in router.routes:
             if isinstance(route, ApiRoute):
-                route.max_body_bytes = body_limits.get(route.path, settings.max_body_bytes)
+                route.max_body_bytes = body_limits.get(route.path, config.max_body_bytes)
         app.include_router(router)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    return app
 
 
-def _api_limiter_redis() -> aioredis.Redis | None:
+def _api_limiter_redis(config: Settings) -> aioredis.Redis | None:
     """A client for the API rate limit, with short timeouts: a slow Redis must not slow accepts."""
-    if not settings.redis_url:
+    if not config.redis_url:
         return None
     client: aioredis.Redis = aioredis.Redis.from_url(
-        settings.redis_url,
+        config.redis_url,
         socket_timeout=API_LIMIT_REDIS_TIMEOUT,
         socket_connect_timeout=API_LIMIT_REDIS_TIMEOUT,
     )
     return client
 
 
-def _api_rate_limit(client: aioredis.Redis, database: Database) -> ApiRateLimit:
+def _api_rate_limit(config: Settings, client: aioredis.Redis, database: Database) -> ApiRateLimit:
     async def load_limits() -> dict[str, RateLimitSpec]:
         async with database.sessionmaker() as session:
             return await RateLimitRepository(session).all()
 
-    defaults = {"api": settings.api_rate_limit, **settings.rate_limits}
-    limits = RateLimits(defaults, load_limits, refresh_seconds=settings.rate_limit_refresh_seconds)
+    defaults = {"api": config.api_rate_limit, **config.rate_limits}
+    limits = RateLimits(defaults, load_limits, refresh_seconds=config.rate_limit_refresh_seconds)
     return ApiRateLimit(RateLimiter(client), limits)
 
 

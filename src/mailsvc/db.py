@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from mailsvc.config import async_database_url, settings
+from mailsvc.config import async_database_url
 from mailsvc.kit.outbox import Outbox, Publisher, outbox_of
 
 T = TypeVar("T")
@@ -47,12 +47,14 @@ class Database:
 
     @classmethod
     def from_url(
-        cls, url: str, *, pool_size: int | None = None, synchronous_commit: bool = True
+        cls, url: str, *, pool_size: int = 10, synchronous_commit: bool = True
     ) -> Database:
+        """The caller says how many connections it keeps (MAILSVC_DB_POOL_SIZE for the API's);
+        as many again may open for a burst."""
         engine = create_async_engine(
             url,
-            pool_size=pool_size or settings.db_pool_size,
-            max_overflow=pool_size or settings.db_pool_size,
+            pool_size=pool_size,
+            max_overflow=pool_size,
             pool_pre_ping=True,
             pool_recycle=1800,
             connect_args=(

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+from mailsvc.kit.logging import context_value
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,10 @@ class Problem(BaseModel):
     status: int
     detail: str
     errors: list[ProblemFieldError] | None = None
+    request_id: str | None = Field(
+        default=None,
+        description="The request's X-Request-ID (given or made), as in the logs: quote it.",
+    )
 
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
@@ -194,4 +200,7 @@ def problem(
     }
     if errors:
         body["errors"] = list(errors)
+    request_id = context_value("request_id")
+    if request_id is not None:
+        body["request_id"] = request_id
     return ProblemResponse(body, status_code=status, headers=headers)

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request, Response
+from fastapi import Depends, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.convertors import Convertor, register_url_convertor
 
 from mailsvc.auth.dependencies import RequireScope, authenticate, bearer_claims, check_scope
+from mailsvc.config import Settings
 from mailsvc.errors import (
     BadRequest,
     FieldError,
@@ -29,6 +30,7 @@ from mailsvc.errors import (
     problem_responses,
 )
 from mailsvc.kit import json as kit_json
+from mailsvc.kit.logging import bind
 from mailsvc.ratelimit.api import ApiRateLimit
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -108,6 +110,7 @@ class ApiRoute(APIRoute):
         async def route(request: Request) -> Response:
             if self.authenticated:
                 claims = bearer_claims(request)
+                bind(tenant=claims.tenant_id)
                 for scope in self.required_scopes:
                     check_scope(claims.scopes, scope)
                 await _rate_limit(request, claims.tenant_id)
@@ -187,3 +190,12 @@ async def _read_json_body(request: Request, limit: int) -> None:
 
 def _detail(errors: list[FieldError]) -> str:
     return "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in errors[:5])
+
+
+async def app_settings(request: Request) -> Settings:  # async: FastAPI runs sync deps in threads
+    """The settings the app factory was given: an endpoint reads them here, not globally."""
+    config: Settings = request.app.state.settings
+    return config
+
+
+AppSettings = Annotated[Settings, Depends(app_settings)]

@@ -1,10 +1,20 @@
-"""The worker's composition root, as app.py is the API's: it imports every tasks module."""
+"""The worker's composition root, as app.py is the API's: it imports every tasks module, and
+configures the Celery app and the runtimes from the settings its entry point read."""
 
 from __future__ import annotations
 
-import mailsvc.messages.tasks
-import mailsvc.schedules.tasks  # noqa: F401
-from mailsvc.worker import bridge  # noqa: F401  (connects the process init/shutdown signals)
-from mailsvc.worker.app import celery_app
+from celery import Celery
 
-__all__ = ["celery_app"]
+import mailsvc.schedules.tasks
+import mailsvc.sending.tasks  # noqa: F401
+from mailsvc.config import Settings
+from mailsvc.worker import bridge, logs  # both connect Celery signals
+from mailsvc.worker.app import celery_app, configure
+
+
+def worker_app(config: Settings) -> Celery:
+    """The Celery app for a worker or beat started with `config`."""
+    configure(celery_app, config)
+    bridge.use(config)
+    logs.install()
+    return celery_app

@@ -19,7 +19,8 @@ from jwt.algorithms import RSAAlgorithm
 
 from mailsvc.config import settings
 from mailsvc.models import Tenant
-from tests.conftest import token
+from tests.support.api import REQUEST_ID
+from tests.support.auth import token
 
 
 def claims(owner: Tenant, **overrides: Any) -> dict[str, Any]:
@@ -53,6 +54,7 @@ def unauthorized(detail: str) -> dict[str, Any]:
         "title": "Unauthorized",
         "status": 401,
         "detail": detail,
+        "request_id": REQUEST_ID,
     }
 
 
@@ -75,7 +77,7 @@ async def test_expired_token(client: httpx.AsyncClient, tenant: Tenant) -> None:
 
 
 async def test_alg_none(client: httpx.AsyncClient, tenant: Tenant) -> None:
-    unsigned = jwt.encode(claims(tenant), key=None, algorithm="none")
+    unsigned = jwt.encode(claims(tenant), key="", algorithm="none")
     response = await call(client, unsigned)
     assert response.status_code == 401
     assert response.json() == unauthorized("token algorithm 'none' is not accepted")

@@ -10,8 +10,8 @@ import httpx
 from mailsvc.auth import scopes
 from mailsvc.kit.time import utcnow
 from mailsvc.models import Tenant
-from tests.conftest import TenantFactory, bearer
 from tests.support.api import invalid, problem
+from tests.support.auth import TenantFactory, bearer
 
 ADA = {
     "name": "Ada Lovelace",

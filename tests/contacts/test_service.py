@@ -11,7 +11,7 @@ from mailsvc.contacts import service
 from mailsvc.contacts.schemas import ContactFields, normalise_contact_email
 from mailsvc.errors import FieldError, ValidationFailed
 from mailsvc.models import Tenant
-from tests.conftest import TenantFactory
+from tests.support.auth import TenantFactory
 
 NOON = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import redis.asyncio as aioredis
 
 from mailsvc.delivery.breaker import RedisCircuitBreaker, breaker_redis
+from tests.support.processes import eventually
 
 
 def breaker(client: aioredis.Redis, cooldown: float = 0.3) -> RedisCircuitBreaker:
@@ -15,10 +15,10 @@ def breaker(client: aioredis.Redis, cooldown: float = 0.3) -> RedisCircuitBreake
 
 
 async def wait_until_half_open(b: RedisCircuitBreaker, provider: str) -> None:
-    deadline = time.monotonic() + 5
-    while (await b.state(provider, fresh=True)).status(time.time()) != "half_open":
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    async def half_open() -> bool:
+        return (await b.state(provider, fresh=True)).status(time.time()) == "half_open"
+
+    await eventually(half_open, timeout=5, interval=0.02, what=f"{provider}'s circuit half open")
 
 
 async def test_opens_after_consecutive_failures_and_is_shared(redis_client: aioredis.Redis) -> None:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailsvc.delivery.message import Address, OutgoingEmail
+from mailsvc.delivery.message import Mailbox, OutgoingEmail
 from mailsvc.delivery.mime import build_mime, encoded_words
 
 NOW = datetime(2026, 11, 21, 9, 30, 5, tzinfo=UTC)
@@ -25,8 +25,8 @@ def make(**overrides: object) -> OutgoingEmail:
     fields: dict[str, object] = {
         "message_id": uuid.uuid4(),
         "message_id_header": "<abc123@example.com>",
-        "sender": Address("noreply@example.com", "Example"),
-        "to": [Address("ada@example.net")],
+        "sender": Mailbox("noreply@example.com", "Example"),
+        "to": [Mailbox("ada@example.net")],
         "subject": "Hello",
         "date": NOW,
         "text": "Hi Ada",
@@ -97,8 +97,8 @@ def test_non_ascii_headers_are_encoded_words() -> None:
     raw = build_mime(
         make(
             subject="Grüße — ça marche ☃",
-            sender=Address("noreply@example.com", "Zoë Ünïcode, Inc."),
-            cc=[Address("b@example.net", 'Bob "the builder"'), Address("c@example.net", "C.")],
+            sender=Mailbox("noreply@example.com", "Zoë Ünïcode, Inc."),
+            cc=[Mailbox("b@example.net", 'Bob "the builder"'), Mailbox("c@example.net", "C.")],
         )
     )
     assert raw.isascii()
@@ -119,9 +119,13 @@ def test_long_subject_folds_under_78_columns() -> None:
 
 
 def test_body_lines_stay_short_and_dots_and_trailing_spaces_survive() -> None:
-    text = "x" * 300 + "\n.\nend with spaces   \n\tand a tab\n"
+    # A space or tab that ends a 75- or 76-character line is escaped after the line is laid out.
+    text = (
+        "x" * 300 + "\n.\nend with spaces   \n\tand a tab\n" + "y" * 75 + " \n" + "z" * 74 + "\t\n"
+    )
     raw = build_mime(make(text=text, html=None))
-    assert max(len(line) for line in raw.split(b"\r\n")) <= 78
+    body = raw.split(b"\r\n\r\n", 1)[1]
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76  # RFC 2045 section 6.7
     assert parse(raw).get_content().replace("\r\n", "\n") == text
 
 
@@ -133,6 +137,15 @@ def test_encoded_words_never_split_a_character() -> None:
     )
 
 
+@pytest.mark.parametrize("first_bytes", [0, 6, 7])
+def test_the_first_encoded_word_can_be_made_shorter(first_bytes: int) -> None:
+    words = encoded_words("𝄞" * 30, first_bytes=first_bytes)
+    assert len(words[0]) == len("=?utf-8?b??=") + 8  # one 4-byte character at most
+    assert all(len(word) == 72 for word in words[1:-1])
+    decoded = (str(email.header.make_header(email.header.decode_header(w))) for w in words)
+    assert "".join(decoded) == "𝄞" * 30
+
+
 header_text = st.text(
     alphabet=st.characters(
         blacklist_categories=("Cs", "Cc"), blacklist_characters="\r\n\u2028\u2029"
@@ -141,7 +154,7 @@ header_text = st.text(
     max_size=200,
 ).filter(lambda s: s.strip() == s and "  " not in s)
 body_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\x00"),
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\x00"),
     max_size=2000,
 )
 
@@ -150,7 +163,7 @@ body_text = st.text(
 @given(subject=header_text, name=header_text, text=body_text, html=body_text)
 def test_round_trip_any_text(subject: str, name: str, text: str, html: str) -> None:
     raw = build_mime(
-        make(subject=subject, sender=Address("noreply@example.com", name), text=text, html=html)
+        make(subject=subject, sender=Mailbox("noreply@example.com", name), text=text, html=html)
     )
     assert raw.isascii()
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
@@ -191,9 +204,9 @@ def test_no_header_value_may_carry_a_line_break_or_control(char: str) -> None:
     payload = f"x{char}Bcc: evil@evil.example"
     for overrides in (
         {"subject": payload},
-        {"sender": Address("noreply@example.com", payload)},
-        {"to": [Address("ada@example.net", payload)]},
-        {"reply_to": Address("r@example.net", payload)},
+        {"sender": Mailbox("noreply@example.com", payload)},
+        {"to": [Mailbox("ada@example.net", payload)]},
+        {"reply_to": Mailbox("r@example.net", payload)},
         {"headers": {"X-Ref": payload}},
     ):
         with pytest.raises(ValueError, match=f"U\\+{ord(char):04X}"):
@@ -218,8 +231,8 @@ def test_text_that_looks_like_an_encoded_word_arrives_as_typed(literal: str) -> 
     raw = build_mime(
         make(
             subject=literal,
-            sender=Address("noreply@example.com", literal),
-            to=[Address("ada@example.net", literal)],
+            sender=Mailbox("noreply@example.com", literal),
+            to=[Mailbox("ada@example.net", literal)],
             headers={"X-Ref": literal},
         )
     )

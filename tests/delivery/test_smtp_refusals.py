@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from mailsvc.delivery.chain import ProviderChain
 from mailsvc.delivery.errors import TransientDeliveryError
-from mailsvc.delivery.message import Address, OutgoingEmail
+from mailsvc.delivery.message import Mailbox, OutgoingEmail
 from mailsvc.delivery.smtp import SmtpConfig, SmtpTransport
 from mailsvc.devserver.fakes import FakeProviders
 from tests.support.processes import eventually
@@ -28,8 +28,8 @@ def email() -> OutgoingEmail:
     return OutgoingEmail(
         message_id=uuid.UUID("01a1fd00-0000-7000-8000-000000000002"),
         message_id_header="<01a1fd00000070008000000000000002@example.com>",
-        sender=Address("noreply@example.com"),
-        to=[Address("ada@example.net")],
+        sender=Mailbox("noreply@example.com"),
+        to=[Mailbox("ada@example.net")],
         subject="Hello",
         date=datetime(2026, 11, 21, 9, 0, tzinfo=UTC),
         text="Hello",

@@ -19,12 +19,12 @@ from mailsvc.delivery.chain import configured_transports
 from mailsvc.delivery.errors import PermanentDeliveryError, TransientDeliveryError
 from mailsvc.delivery.http import HttpProviderConfig
 from mailsvc.delivery.mailgun import MailgunTransport
-from mailsvc.delivery.message import Address, OutgoingEmail
+from mailsvc.delivery.message import Mailbox, OutgoingEmail
 from mailsvc.delivery.sendgrid import SendGridTransport
 from mailsvc.delivery.ses import SesTransport
 from mailsvc.delivery.transport import Transport
 from mailsvc.devserver.fakes import FakeProviders
-from tests.conftest import provider_settings
+from tests.support.env import provider_settings
 
 MESSAGE_ID = uuid.UUID("01a1fd00-0000-7000-8000-000000000001")
 
@@ -33,11 +33,11 @@ def email() -> OutgoingEmail:
     return OutgoingEmail(
         message_id=MESSAGE_ID,
         message_id_header="<01a1fd00000070008000000000000001@example.com>",
-        sender=Address("noreply@example.com", "Example"),
-        to=[Address("ada@example.net", "Ada"), Address("bob@example.net")],
-        cc=[Address("carol@example.net")],
-        bcc=[Address("audit@example.com")],
-        reply_to=Address("support@example.com"),
+        sender=Mailbox("noreply@example.com", "Example"),
+        to=[Mailbox("ada@example.net", "Ada"), Mailbox("bob@example.net")],
+        cc=[Mailbox("carol@example.net")],
+        bcc=[Mailbox("audit@example.com")],
+        reply_to=Mailbox("support@example.com"),
         subject="Grüße",
         date=datetime(2026, 11, 21, 9, 0, tzinfo=UTC),
         text="Hello",
@@ -195,7 +195,7 @@ async def test_a_rejected_address_is_permanent(fake_providers: FakeProviders, na
     fake_providers.providers[name].reject("ada@example.net")
     transport = transports(fake_providers)[name]
     alone = email()
-    alone.to, alone.cc, alone.bcc = [Address("ada@example.net")], [], []
+    alone.to, alone.cc, alone.bcc = [Mailbox("ada@example.net")], [], []
     with pytest.raises(PermanentDeliveryError) as caught:
         await transport.send(alone)
     await transport.close()

@@ -12,12 +12,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
 
 from mailsvc.devserver.embedded import free_port
+from tests.support.processes import eventually_sync
 
 pytestmark = pytest.mark.e2e
 
@@ -44,17 +46,31 @@ class DevRun:
         return self.log.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 120.0) -> str:
-        deadline = time.monotonic() + timeout
-        while BANNER not in self.text() or "Ctrl-C stops everything." not in self.text():
+        def ready() -> bool:
             assert self.process.poll() is None, self.text()[-4000:]
-            assert time.monotonic() < deadline, self.text()[-4000:]
-            time.sleep(0.1)
+            return BANNER in self.text() and "Ctrl-C stops everything." in self.text()
+
+        eventually_sync(ready, timeout=timeout, interval=0.1, what=self.log_tail)
         lines = self.text().splitlines()
         return lines[lines.index("Token (all scopes, 30 days):") + 1].strip()
+
+    def log_tail(self) -> str:
+        return f"mailsvc dev; its output ends:\n{self.text()[-4000:]}"
 
     def interrupt(self) -> int:
         self.process.send_signal(signal.SIGINT)  # what Ctrl-C delivers
         return self.process.wait(60)
+
+
+def sent(api: str, headers: dict[str, str], message_id: str) -> dict[str, Any]:
+    """The message once it is sent, as the API shows it."""
+    seen: dict[str, Any] = {}
+
+    def probe() -> dict[str, Any] | None:
+        seen.update(httpx.get(f"{api}/v1/messages/{message_id}", headers=headers).json())
+        return dict(seen) if seen["status"] == "sent" else None
+
+    return eventually_sync(probe, what=lambda: f"message {message_id} sent; last seen: {seen}")
 
 
 def processes_of(folder: Path) -> list[psutil.Process]:
@@ -91,20 +107,11 @@ def test_make_run_sends_an_email_then_stops_cleanly_and_keeps_its_data(folder: P
     accepted = response.json()
 
     outbox = folder / ".mailsvc" / "outbox"
-    deadline = time.monotonic() + 20
-    while not list(outbox.glob("*.eml")):
-        assert time.monotonic() < deadline, first.text()[-3000:]
-        time.sleep(0.05)
-    [eml] = list(outbox.glob("*.eml"))
+    [eml] = eventually_sync(lambda: list(outbox.glob("*.eml")), what=first.log_tail)
     received = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
     assert received["Message-ID"] == accepted["message_id_header"]
 
-    deadline = time.monotonic() + 20
-    while (message := httpx.get(f"{api}/v1/messages/{accepted['id']}", headers=headers).json())[
-        "status"
-    ] != "sent":
-        assert time.monotonic() < deadline, message
-        time.sleep(0.05)
+    message = sent(api, headers, accepted["id"])
     assert len(message["attempts"]) == 1
 
     assert first.interrupt() == 0
@@ -133,21 +140,15 @@ def test_make_run_with_fake_providers_shows_a_failover(folder: Path) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     body = {"to": ["someone@example.net"], "subject": "Hi", "text": "Hello"}
 
-    def delivered(message_id: str) -> dict[str, object]:
-        deadline = time.monotonic() + 20
-        while True:
-            message = httpx.get(f"{api}/v1/messages/{message_id}", headers=headers).json()
-            if message["status"] == "sent":
-                return dict(message)
-            assert time.monotonic() < deadline, message
-            time.sleep(0.05)
+    def post() -> str:
+        return str(httpx.post(f"{api}/v1/messages", json=body, headers=headers).json()["id"])
 
-    first = delivered(httpx.post(f"{api}/v1/messages", json=body, headers=headers).json()["id"])
+    first = sent(api, headers, post())
     assert first["provider"] == "sendgrid"
 
     scripted = httpx.post(f"{fakes_url}/_fake/sendgrid/fail", json={"status": 503})
     assert scripted.status_code == 200
-    second = delivered(httpx.post(f"{api}/v1/messages", json=body, headers=headers).json()["id"])
+    second = sent(api, headers, post())
     assert second["provider"] == "mailgun"
     attempts = second["attempts"]
     assert isinstance(attempts, list)

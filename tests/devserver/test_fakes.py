@@ -29,6 +29,7 @@ from botocore.credentials import Credentials
 from mailsvc.devserver.fakes import FakeCredentials, FakeProviders, Received
 from mailsvc.devserver.fakes.mailgun import parse_form
 from mailsvc.devserver.fakes.script import is_address
+from tests.support.processes import eventually_sync
 
 CREDS = FakeCredentials()
 SENDGRID_AUTH = {"Authorization": f"Bearer {CREDS.sendgrid_key}"}
@@ -270,12 +271,15 @@ def test_sendgrid_failure_for_seconds_ends_by_itself(
     started = time.monotonic()
     fakes.sendgrid.fail(status=503, for_seconds=0.2)
 
-    statuses = []
-    deadline = time.monotonic() + 5
-    while (status := send().status_code) != 202:
+    statuses: list[int] = []
+
+    def accepted() -> bool:
+        if (status := send().status_code) == 202:
+            return True
         statuses.append(status)
-        assert time.monotonic() < deadline, "the failure did not end by itself"
-        time.sleep(0.02)
+        return False
+
+    eventually_sync(accepted, timeout=5, interval=0.02, what="the failure to end by itself")
 
     assert statuses[0] == 503
     assert set(statuses) == {503}
@@ -910,10 +914,12 @@ def test_stop_does_not_wait_out_held_requests() -> None:
 
     sender = threading.Thread(target=send)
     sender.start()
-    deadline = time.monotonic() + 5
-    while fakes.sendgrid.requests_seen == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    eventually_sync(
+        lambda: fakes.sendgrid.requests_seen > 0,
+        timeout=5,
+        interval=0.01,
+        what="the request at the fake",
+    )
     started = time.monotonic()
     fakes.stop()
     sender.join(5)

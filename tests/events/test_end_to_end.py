@@ -26,7 +26,8 @@ from mailsvc.models import Attempt, Message, Tenant
 from mailsvc.schedules import jobs
 from mailsvc.templates.links import verify_link
 from mailsvc.worker.publish import publish_jobs
-from tests.conftest import bearer, service_env
+from tests.support.auth import bearer
+from tests.support.env import service_env
 from tests.support.processes import eventually
 from tests.support.servers import TestServers
 from tests.support.stack import worker_and_beat

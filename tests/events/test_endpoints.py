@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.models import Contact, Message, Tenant
-from tests.conftest import bearer
+from tests.support.auth import bearer
 
 CONFIRM = "https://app.example.com/confirm"
 

@@ -6,13 +6,15 @@ import email
 import email.policy
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
 from mailsvc.models import Tenant
-from tests.conftest import bearer, service_env
+from tests.support.auth import bearer
+from tests.support.env import service_env
 from tests.support.processes import WORKER_READY, ServiceProcess, eventually, start_service
 from tests.support.servers import TestServers
 
@@ -74,12 +76,15 @@ async def test_one_email_end_to_end(
     assert received["To"] == "Zoë Ünïcode <zoe@xn--bcher-kva.example>"
     assert received["X-Campaign"] == "welcome"
     assert received.get_content_type() == "multipart/alternative"
-    assert received.get_body(("plain",)).get_content().strip() == "Plain text body ☃"
-    assert received.get_body(("html",)).get_content().strip() == "<p>HTML body ☃</p>"
+    plain, html = received.get_body(("plain",)), received.get_body(("html",))
+    assert plain is not None
+    assert html is not None
+    assert plain.get_content().strip() == "Plain text body ☃"
+    assert html.get_content().strip() == "<p>HTML body ☃</p>"
 
-    async def sent() -> dict[str, object] | None:
+    async def sent() -> dict[str, Any] | None:
         current = await live_client.get(f"/v1/messages/{accepted['id']}", headers=headers)
-        body: dict[str, object] = current.json()
+        body: dict[str, Any] = current.json()
         return body if body["status"] == "sent" else None
 
     message = await eventually(sent, what="status sent")
@@ -91,4 +96,4 @@ async def test_one_email_end_to_end(
     assert attempts[0]["outcome"] == "sent"
     assert attempts[0]["number"] == 1
     assert message["sent_at"] is not None
-    assert [e["type"] for e in message["events"]] == ["accepted", "sent"]  # type: ignore[attr-defined,index]
+    assert [e["type"] for e in message["events"]] == ["accepted", "sent"]

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
-from fastapi import FastAPI
 
 from mailsvc.auth import scopes
+from mailsvc.kit.outbox import Job
 from mailsvc.models import Tenant
-from tests.conftest import TenantFactory, bearer
 from tests.support.api import problem
-from tests.support.processes import eventually
+from tests.support.auth import TenantFactory, bearer
+from tests.support.publish import RecordingPublisher
 
 VALID = {"to": ["ada@example.net"], "subject": "Hello", "text": "Hi Ada"}
 
@@ -31,7 +29,7 @@ async def post(
 
 
 async def test_accepts_and_enqueues_after_commit(
-    client: httpx.AsyncClient, tenant: Tenant, redis_client: aioredis.Redis
+    client: httpx.AsyncClient, tenant: Tenant, published: RecordingPublisher
 ) -> None:
     response = await post(
         client,
@@ -60,36 +58,8 @@ async def test_accepts_and_enqueues_after_commit(
     assert body["attempts"] == []
     assert [e["type"] for e in body["events"]] == ["accepted"]
 
-    # Published after the commit, ids only, on the transactional lane.
-    async def published() -> list[bytes]:
-        return list(await redis_client.lrange("transactional", 0, -1))
-
-    raw = await eventually(published, what="the send job in Redis")
-    assert len(raw) == 1
-    envelope = json.loads(raw[0])
-    assert envelope["headers"]["task"] == "messages.send"
-    assert json.loads(_body(envelope))[1] == {"ids": [str(message_id)]}
-
-
-def _body(envelope: dict[str, Any]) -> str:
-    import base64
-
-    return base64.b64decode(envelope["body"]).decode()
-
-
-async def test_requests_close_together_share_one_send_job(
-    app: FastAPI, client: httpx.AsyncClient, tenant: Tenant, redis_client: aioredis.Redis
-) -> None:
-    app.state.publish.window = 1.0  # wide enough that a slow machine still merges the three
-    responses = [await post(client, tenant, VALID) for _ in range(3)]
-    ids = sorted(r.json()["id"] for r in responses)
-
-    async def published() -> list[str]:
-        raw = await redis_client.lrange("transactional", 0, -1)
-        return sorted(i for m in raw for i in json.loads(_body(json.loads(m)))[1]["ids"])
-
-    assert await eventually(published, what="the merged send job") == ids
-    assert await redis_client.llen("transactional") == 1
+    # Released after the commit, ids only, on the transactional lane.
+    assert published.jobs == [Job("messages.send", "transactional", {"ids": [str(message_id)]})]
 
 
 async def test_get_returns_own_message(client: httpx.AsyncClient, tenant: Tenant) -> None:
@@ -276,12 +246,12 @@ async def test_needs_text_or_html(client: httpx.AsyncClient, tenant: Tenant) -> 
 
 
 async def test_nothing_is_stored_or_sent_on_422(
-    client: httpx.AsyncClient, tenant: Tenant, redis_client: aioredis.Redis
+    client: httpx.AsyncClient, tenant: Tenant, published: RecordingPublisher
 ) -> None:
     await post(client, tenant, {**VALID, "from": "ceo@bank.example"})
     listed = await client.get("/v1/messages", headers=bearer(tenant))
     assert listed.json() == {"data": [], "next_cursor": None}
-    assert await redis_client.llen("transactional") == 0
+    assert published.jobs == []
 
 
 # -- 413 ---------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.db import Database
 from mailsvc.models import Message, Tenant
-from tests.conftest import TenantFactory, bearer
+from tests.support.api import REQUEST_ID
+from tests.support.auth import TenantFactory, bearer
 
 BODY = {"to": ["ada@example.net"], "subject": "Your receipt", "text": "Thanks"}
 
@@ -47,6 +48,7 @@ async def test_same_key_with_another_body_is_a_conflict(
         "status": 409,
         "detail": "Idempotency-Key 'order-2' was used with a different body "
         f"(message {first.json()['id']})",
+        "request_id": REQUEST_ID,
     }
 
 

@@ -11,10 +11,11 @@ import httpx
 from sqlalchemy import select
 
 from mailsvc.db import Database
-from mailsvc.messages.repository import DeliveryRepository, MessageRepository
+from mailsvc.messages.repository import MessageRepository
 from mailsvc.models import Message, MessageEvent, Tenant
-from tests.conftest import bearer
+from mailsvc.sending.repository import DeliveryRepository
 from tests.factories import queue_messages
+from tests.support.auth import bearer
 
 VALID = {"to": ["ada@example.net"], "subject": "Hello", "text": "Hi Ada"}
 

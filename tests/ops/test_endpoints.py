@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from mailsvc.config import settings
 from mailsvc.devserver.embedded import free_port
 from mailsvc.models import Tenant
-from tests.conftest import bearer
+from tests.support.auth import bearer
 from tests.support.servers import TestServers
 from tests.support.stack import api_process
 

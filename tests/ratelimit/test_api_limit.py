@@ -23,8 +23,9 @@ from mailsvc.devserver.embedded import free_port
 from mailsvc.models import Tenant
 from mailsvc.ratelimit.limiter import Rate
 from mailsvc.ratelimit.repository import RateLimitRepository
-from tests.conftest import TenantFactory, bearer
 from tests.support.api import problem
+from tests.support.auth import TenantFactory, bearer
+from tests.support.publish import RecordingPublisher
 
 SEND = {"to": ["ada@example.net"], "subject": "Hello", "text": "Hi"}
 
@@ -100,7 +101,10 @@ async def test_every_api_process_shares_the_bucket(
 ) -> None:
     await limit(session, tenant, per_second=1, burst=4)
     statuses = []
-    apps = [create_app(database=database), create_app(database=database)]
+    apps = [
+        create_app(database=database, publish=RecordingPublisher()),
+        create_app(database=database, publish=RecordingPublisher()),
+    ]
     async with apps[0].router.lifespan_context(apps[0]), apps[1].router.lifespan_context(apps[1]):
         for index in range(6):
             transport = httpx.ASGITransport(app=apps[index % 2])
@@ -123,7 +127,7 @@ def redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
 async def app_without_redis(
     redis_url: None, database: Database, redis_client: aioredis.Redis
 ) -> AsyncIterator[FastAPI]:
-    app = create_app(database=database)
+    app = create_app(database=database, publish=RecordingPublisher())
     async with app.router.lifespan_context(app):
         yield app
 
@@ -167,7 +171,7 @@ async def test_a_redis_that_hangs_is_asked_once_then_left_alone(
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     monkeypatch.setattr(settings, "redis_url", f"redis://127.0.0.1:{port}/0")
-    app = create_app(database=database)
+    app = create_app(database=database, publish=RecordingPublisher())
     try:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)

@@ -17,8 +17,8 @@ from mailsvc.kit.time import Clock
 from mailsvc.models import Tenant
 from mailsvc.schedules.endpoints import get_clock
 from mailsvc.schedules.repository import ScheduleRepository
-from tests.conftest import TenantFactory, bearer
 from tests.support.api import invalid, problem
+from tests.support.auth import TenantFactory, bearer
 
 ONE_TIME_OF_DAY = (
     "birthday sends on each contact's birthday at one time of day: give 'minute hour * * *', "

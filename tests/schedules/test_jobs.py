@@ -58,8 +58,8 @@ async def make_live_tenant_without_sender(live_database: Database) -> Tenant:
     return tenant
 
 
-def at(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 async def test_birthdays_in_each_contacts_own_zone_once_a_year(

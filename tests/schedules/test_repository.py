@@ -24,7 +24,7 @@ from mailsvc.schedules.repository import (
     unactivated_contacts_plan,
     weekly_figures,
 )
-from tests.conftest import TenantFactory
+from tests.support.auth import TenantFactory
 
 NINE = time(9, 0)
 NOW = datetime(2026, 11, 18, 12, tzinfo=UTC)

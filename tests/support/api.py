@@ -4,15 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
+# The X-Request-ID the test clients send: every problem body echoes it.
+REQUEST_ID = "test-request"
 
-def problem(status: int, title: str, detail: str, slug: str, **extra: Any) -> dict[str, Any]:
-    return {
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    slug: str,
+    *,
+    request_id: str | None = REQUEST_ID,
+    **extra: Any,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "type": f"https://mailsvc.dev/problems/{slug}",
         "title": title,
         "status": status,
         "detail": detail,
         **extra,
     }
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
 
 
 def invalid(loc: list[str | int], msg: str) -> dict[str, Any]:

@@ -16,22 +16,49 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+class Deadline:
+    """The deadline of one wait: `check()` fails the test once it has passed, saying what was
+    awaited (`what` may be a function, called then, for a log tail or the last state seen)."""
+
+    def __init__(self, timeout: float, what: str | Callable[[], str]) -> None:
+        self.timeout = timeout
+        self.what = what
+        self.at = time.monotonic() + timeout
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            what = self.what() if callable(self.what) else self.what
+            raise AssertionError(f"timed out after {self.timeout:.0f} s waiting for {what}")
+
+
 async def eventually(
     probe: Callable[[], Awaitable[T | None]],
     *,
     timeout: float = 20.0,
     interval: float = 0.05,
-    what: str = "condition",
+    what: str | Callable[[], str] = "condition",
 ) -> T:
     """Polls `probe` until it returns something truthy; fails the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    deadline = Deadline(timeout, what)
+    while not (value := await probe()):
+        deadline.check()
         await asyncio.sleep(interval)
+    return value
+
+
+def eventually_sync(
+    probe: Callable[[], T | None],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str | Callable[[], str] = "condition",
+) -> T:
+    """`eventually` for a test or a probe with no event loop: the wait blocks the thread."""
+    deadline = Deadline(timeout, what)
+    while not (value := probe()):
+        deadline.check()
+        time.sleep(interval)
+    return value
 
 
 @dataclass
@@ -89,14 +116,19 @@ def start_service(
     service = ServiceProcess(name, process, log_path)
     if ready_marker is None:
         return service
-    deadline = time.monotonic() + timeout
-    while ready_marker not in service.log():
+
+    def ready() -> bool:
         if not service.alive:
             raise RuntimeError(f"{name} exited early:\n{service.log()[-4000:]}")
-        if time.monotonic() > deadline:
-            service.stop()
-            raise RuntimeError(f"{name} not ready after {timeout:.0f} s:\n{service.log()[-4000:]}")
-        time.sleep(0.05)
+        return ready_marker in service.log()
+
+    try:
+        eventually_sync(
+            ready, timeout=timeout, what=lambda: f"{name} to be ready:\n{service.log()[-4000:]}"
+        )
+    except AssertionError:
+        service.stop()
+        raise
     return service
 
 

@@ -8,7 +8,6 @@ import os
 import shlex
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ import asyncpg
 import pytest
 
 from mailsvc.devserver.embedded import EmbeddedPostgres, EmbeddedRedis
+from tests.support.processes import eventually_sync
 
 CONTROL_VARIABLE = "MAILSVC_TEST_DATABASE_CONTROL"
 
@@ -41,11 +41,11 @@ class DatabaseControl:
         """Returns once the server answers queries again (crash recovery is done)."""
         self._run("start")
         self.down = False
-        deadline = time.monotonic() + timeout
-        while not _answers(self._admin_url):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"PostgreSQL does not answer {timeout:.0f} s after its start")
-            time.sleep(0.05)
+        eventually_sync(
+            lambda: _answers(self._admin_url),
+            timeout=timeout,
+            what="PostgreSQL to answer after its start",
+        )
 
     def ensure_running(self) -> None:
         """After the run: a test that failed while the server was down does not leave it so."""

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from mailsvc.db import Database
 from mailsvc.devserver.embedded import free_port
 from mailsvc.models import Attempt, Message, MessageEvent
+from tests.support.env import service_env
 from tests.support.processes import BEAT_READY, WORKER_READY, ServiceProcess, start_service
 from tests.support.servers import TestServers
 
@@ -33,8 +34,6 @@ def api_process(
     servers: TestServers, log_dir: Path, *, args: tuple[str, ...] = (), **env: str
 ) -> Iterator[Api]:
     """A real `mailsvc api` (uvicorn) on a free port, with the test servers' settings."""
-    from tests.conftest import service_env  # a late import: conftest's fixtures use this module
-
     port = free_port()
     process = start_service(
         "api",

@@ -12,7 +12,8 @@ from mailsvc.auth import scopes
 from mailsvc.models import Tenant
 from mailsvc.templates.builtin import BUILTIN_NAMES, sample_variables
 from mailsvc.templates.links import sign_link
-from tests.conftest import TenantFactory, bearer
+from tests.support.api import REQUEST_ID
+from tests.support.auth import TenantFactory, bearer
 
 INVOICE = {
     "subject": "Invoice {{ data.number }} from {{ tenant.name }}",
@@ -44,6 +45,7 @@ def validation(detail: str, errors: list[dict[str, Any]]) -> dict[str, Any]:
         "status": 422,
         "detail": detail,
         "errors": errors,
+        "request_id": REQUEST_ID,
     }
 
 
@@ -344,6 +346,7 @@ async def test_preview_unknown_is_404(client: httpx.AsyncClient, tenant: Tenant)
         "title": "Not Found",
         "status": 404,
         "detail": "no template named 'nope'",
+        "request_id": REQUEST_ID,
     }
 
 

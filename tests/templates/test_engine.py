@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from mailsvc.kit.headers import one_line
 from mailsvc.kit.time import utcnow
 from mailsvc.templates.engine import (
     CompiledTemplate,
@@ -19,7 +20,6 @@ from mailsvc.templates.engine import (
     TemplateSyntaxProblem,
     check_syntax,
     compile_template,
-    one_line,
     referenced_names,
 )
 from mailsvc.templates.links import verify_link

@@ -12,7 +12,7 @@ import pytest
 from mailsvc.models import Tenant
 from mailsvc.templates.engine import CompiledTemplate, Rendered
 from mailsvc.templates.service import TemplateRenderer
-from tests.conftest import bearer
+from tests.support.auth import bearer
 
 NESTED = {  # the finding: nested loops over long strings took 6-12 s in a preview
     "subject": "x",

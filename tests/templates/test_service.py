@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from mailsvc.auth.service import tenant_info
 from mailsvc.errors import FieldError, NotFound, ValidationFailed
 from mailsvc.models import Tenant
 from mailsvc.templates import schemas, service
@@ -17,8 +18,7 @@ from mailsvc.templates.builtin import get_builtin, sample_variables
 from mailsvc.templates.engine import Rendered, TemplateCache, TemplateRenderError
 from mailsvc.templates.repository import TemplateRepository, load_templates
 from mailsvc.templates.schemas import TemplateCreate
-from tests.conftest import TenantFactory
-from tests.factories import tenant_info
+from tests.support.auth import TenantFactory
 
 
 async def put(session: AsyncSession, tenant: Tenant, name: str, **fields: Any) -> schemas.Template:

@@ -20,16 +20,18 @@ from sqlalchemy.pool import NullPool
 
 from mailsvc.config import async_database_url, settings
 from mailsvc.models import Tenant
+from mailsvc.sending.runtime import Runtime
 from mailsvc.worker import bridge
-from tests.conftest import bearer, service_env
+from tests.support.auth import bearer
+from tests.support.env import service_env
 from tests.support.processes import ServiceProcess, eventually
 from tests.support.servers import TestServers
 from tests.support.stack import start_worker
 
 
 @pytest.fixture
-def worker_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(settings, "smtp_host", "127.0.0.1")  # a runtime needs a provider
+def worker_settings() -> Iterator[None]:
+    bridge.use(settings.model_copy(update={"smtp_host": "127.0.0.1"}))  # it needs a provider
     yield
     bridge.stop()  # whatever a failed assertion left open
 
@@ -54,7 +56,7 @@ def test_two_threads_run_tasks_at_once_each_on_its_own_runtime(servers: TestServ
     key = f"bridge-test:{secrets.token_hex(4)}"
     both_running = threading.Barrier(2, timeout=20)
 
-    async def database_and_redis(runtime: bridge.Runtime, name: str) -> tuple[int, bytes, int, int]:
+    async def database_and_redis(runtime: Runtime, name: str) -> tuple[int, bytes, int, int]:
         # Held until the other thread is inside its own run() too: both loops are running now.
         await asyncio.to_thread(both_running.wait)
 
@@ -78,7 +80,7 @@ def test_two_threads_run_tasks_at_once_each_on_its_own_runtime(servers: TestServ
 
     a_has_its_runtime = threading.Event()
 
-    def task(name: str) -> tuple[bridge.Runtime, bridge.Runtime, tuple[int, bytes, int, int]]:
+    def task(name: str) -> tuple[Runtime, Runtime, tuple[int, bytes, int, int]]:
         if name == "b":  # as in a pool: a later task, while the first one runs
             assert a_has_its_runtime.wait(20)
         first = bridge.runtime()
@@ -130,13 +132,15 @@ def test_two_threads_run_tasks_at_once_each_on_its_own_runtime(servers: TestServ
 @pytest.mark.usefixtures("worker_settings")
 @pytest.mark.parametrize(("durable", "expected"), [(True, "on"), (False, "off")])
 def test_workers_commit_synchronously_unless_told_otherwise(
-    servers: TestServers, monkeypatch: pytest.MonkeyPatch, durable: bool, expected: str
+    servers: TestServers, durable: bool, expected: str
 ) -> None:
     """A worker's claims and outcomes wait for the WAL flush: a PostgreSQL crash loses none of
     them (MAILSVC_WORKER_SYNCHRONOUS_COMMIT=false trades that for throughput)."""
-    monkeypatch.setattr(settings, "worker_synchronous_commit", durable)
+    bridge.use(
+        settings.model_copy(update={"smtp_host": "127.0.0.1", "worker_synchronous_commit": durable})
+    )
 
-    async def setting(runtime: bridge.Runtime) -> str:
+    async def setting(runtime: Runtime) -> str:
         async with runtime.database.autocommit() as connection:
             value: str = (await connection.execute(text("SHOW synchronous_commit"))).scalar_one()
             return value

@@ -22,6 +22,10 @@ class TenantRepository:
         result = await self.session.execute(select(Tenant).where(Tenant.id.in_(list(tenant_ids))))
         return list(result.scalars())
 
+    async def all(self) -> list[Tenant]:
+        result = await self.session.execute(select(Tenant).order_by(Tenant.name))
+        return list(result.scalars())
+
     async def get_by_name(self, name: str) -> Tenant | None:
         result = await self.session.execute(select(Tenant).where(Tenant.name == name))
         return result.scalar_one_or_none()

@@ -11,9 +11,10 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
+from mailsvc.kit.addresses import normalise_email
+from mailsvc.kit.headers import HeaderText
 from mailsvc.kit.json import json_size
 from mailsvc.kit.time import check_time_zone
-from mailsvc.messages.schemas import HeaderText, normalise_email
 
 EARLIEST_BIRTHDAY = date(1900, 1, 1)
 MAX_ATTRIBUTES = 50

@@ -21,7 +21,7 @@ from mailsvc.delivery.message import OutgoingEmail
 from mailsvc.delivery.sendgrid import SendGridTransport
 from mailsvc.delivery.ses import SesTransport
 from mailsvc.delivery.smtp import SmtpConfig, SmtpTransport
-from mailsvc.delivery.transport import Accepted, Transport
+from mailsvc.delivery.transport import Receipt, Transport
 from mailsvc.kit.time import utcnow
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class Try:
 
 @dataclass
 class ChainResult:
-    accepted: Accepted | None = None
+    receipt: Receipt | None = None  # from the provider that took the message
     provider: str | None = None
     tries: list[Try] = field(default_factory=list)
     error: DeliveryError | None = None
@@ -86,7 +86,7 @@ class ProviderChain:
             started = utcnow()
             error: DeliveryError
             try:
-                accepted = await transport.send(email)
+                receipt = await transport.send(email)
             except DeliveryError as exc:
                 error = exc
             except Exception as exc:  # a transport bug counts as that provider failing
@@ -96,11 +96,11 @@ class ProviderChain:
                 error = TransientDeliveryError("transport_error", f"{type(exc).__name__}: {exc}")
             else:
                 result.tries.append(
-                    Try(transport.name, started, utcnow(), None, note=accepted.refused)
+                    Try(transport.name, started, utcnow(), None, note=receipt.refused)
                 )
                 if self.breaker is not None:
                     await self.breaker.record_success(transport.name)
-                result.accepted, result.provider = accepted, transport.name
+                result.receipt, result.provider = receipt, transport.name
                 return result
             result.tries.append(Try(transport.name, started, utcnow(), error))
             if isinstance(error, PermanentDeliveryError):

@@ -8,11 +8,11 @@ from urllib.parse import urlencode
 import httpx
 
 from mailsvc.delivery.http import HttpProviderConfig, new_client, post
-from mailsvc.delivery.message import Address, OutgoingEmail
-from mailsvc.delivery.transport import Accepted
+from mailsvc.delivery.message import Mailbox, OutgoingEmail
+from mailsvc.delivery.transport import Receipt
 
 
-def _address(address: Address) -> str:
+def _address(address: Mailbox) -> str:
     return str(HeaderAddress(display_name=address.name or "", addr_spec=address.email))
 
 
@@ -43,7 +43,7 @@ class MailgunTransport:
         self.auth = httpx.BasicAuth("api", api_key)
         self.client: httpx.AsyncClient = new_client()
 
-    async def send(self, email: OutgoingEmail) -> Accepted:
+    async def send(self, email: OutgoingEmail) -> Receipt:
         answer = await post(
             self.client,
             self.url,
@@ -52,7 +52,7 @@ class MailgunTransport:
             headers={"Content-Type": "application/x-www-form-urlencoded"},
             auth=self.auth,
         )
-        return Accepted(provider_message_id=answer.message_id(self.name, "id"))
+        return Receipt(provider_message_id=answer.message_id(self.name, "id"))
 
     async def close(self) -> None:
         await self.client.aclose()

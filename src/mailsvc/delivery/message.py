@@ -8,7 +8,9 @@ from datetime import datetime
 
 
 @dataclass(frozen=True)
-class Address:
+class Mailbox:
+    """An address with its display name, if any: RFC 5322's mailbox."""
+
     email: str
     name: str | None = None
 
@@ -17,13 +19,13 @@ class Address:
 class OutgoingEmail:
     message_id: uuid.UUID
     message_id_header: str  # "<…@domain>", the same on every copy
-    sender: Address
-    to: list[Address]
+    sender: Mailbox
+    to: list[Mailbox]
     subject: str
     date: datetime
-    cc: list[Address] = field(default_factory=list)
-    bcc: list[Address] = field(default_factory=list)
-    reply_to: Address | None = None
+    cc: list[Mailbox] = field(default_factory=list)
+    bcc: list[Mailbox] = field(default_factory=list)
+    reply_to: Mailbox | None = None
     text: str | None = None
     html: str | None = None
     headers: dict[str, str] = field(default_factory=dict)

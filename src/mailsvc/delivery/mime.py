@@ -4,17 +4,27 @@ The standard library's `email.mime` spends most of its time parsing back every h
 given (measured in bench/mime.py at several times the cost of sending). Our input is already
 validated, so this builder writes the same wire format itself:
 
-- headers folded at 78 columns, non-ASCII text as RFC 2047 encoded words (UTF-8, base64);
+- headers folded at white space (RFC 5322 section 2.2.3) to lines of at most 78 columns where a
+  value allows it, and never over 998;
+- RFC 2047 encoded words (UTF-8, base64) only where plain text cannot say it: non-ASCII text,
+  text that merely looks like an encoded word ("=?utf-8?b?…?=", encoded so a receiver shows it
+  as typed instead of decoding it, to CR/LF say), and a run with no white space too long for a
+  998-character line. Plain ASCII is never encoded: some parsers hand encoded words back as is.
+  A line that holds encoded words stays within 76 characters (RFC 2047 section 2) where the
+  header's name leaves room;
 - display names quoted per RFC 5322 when they hold specials;
-- text that merely looks like an encoded word ("=?utf-8?b?…?=") is itself encoded, so a
-  receiver shows it as typed instead of decoding it (to CR/LF, say);
 - a header value with a line break or control character is refused (kit/headers.py): the API
   refuses them already, and a builder that wrote one would be writing a header injection;
-- bodies in quoted-printable (RFC 2045), lines ending in CRLF;
+- bodies in quoted-printable (RFC 2045), every line end CRLF (a body's own CR, LF and CRLF all
+  become CRLF). A body reads back exactly as stored, line ends aside: one that ends in a newline
+  ends in CRLF, and one that does not ends in a soft line break ("=" CRLF, which decodes to
+  nothing), since the wire must end every line, and a single part's last one is its body's.
+  Lines are at most 76 characters (RFC 2045 section 6.7);
 - multipart/alternative with a boundary that starts with "=_", which quoted-printable output
   can never contain, so it cannot collide with a body.
 
-Tests parse every shape back with the standard library (tests/delivery/test_mime.py).
+Tests parse every shape back with the standard library (tests/delivery/test_mime.py), and as
+delivered through SMTP (tests/delivery/test_delivered_mail.py).
 """
 
 from __future__ import annotations
@@ -25,10 +35,14 @@ import os
 import re
 from email.utils import format_datetime
 
-from mailsvc.delivery.message import Address, OutgoingEmail
+from mailsvc.delivery.message import Mailbox, OutgoingEmail
 from mailsvc.kit.headers import unsafe_character
 
 _MAX_LINE = 78
+_MAX_LINE_HARD = 998  # RFC 5322 section 2.1.1, CRLF aside
+_QP_LINE = 76  # RFC 2045 section 6.7
+_ENCODED_LINE = 76  # RFC 2047 section 2
+_QP_LINE_END_ESCAPE = re.compile(rb"=(?:09|20)\n")
 # RFC 2047: an encoded word is at most 75 characters; "=?utf-8?b?" + "?=" take 12 of them.
 _WORD_PAYLOAD_BYTES = 45  # 45 bytes -> 60 base64 characters -> 72-character words
 _ATOM_SAFE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
@@ -36,32 +50,42 @@ _LOOKS_ENCODED = "=?"  # RFC 2047: where a decoder would start an encoded word
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322: printable ASCII but the colon
 
 
-def encoded_words(text: str) -> list[str]:
-    """RFC 2047 encoded words for `text`, split on UTF-8 character boundaries."""
+def encoded_words(text: str, first_bytes: int = _WORD_PAYLOAD_BYTES) -> list[str]:
+    """RFC 2047 encoded words for `text`, split on UTF-8 character boundaries; the first holds
+    at most `first_bytes` bytes (but room for any one character), the others 45."""
     data = text.encode("utf-8")
     words = []
     start = 0
+    limit = max(first_bytes, 6)  # base64 takes 3-byte steps; a character takes up to 4 bytes
     while start < len(data):
-        end = min(start + _WORD_PAYLOAD_BYTES, len(data))
+        end = min(start + limit, len(data))
         while end < len(data) and (data[end] & 0xC0) == 0x80:  # never split a character
             end -= 1
         words.append("=?utf-8?b?" + base64.b64encode(data[start:end]).decode("ascii") + "?=")
         start = end
+        limit = _WORD_PAYLOAD_BYTES
     return words
 
 
-def _fold(name: str, tokens: list[str], separator: str = " ") -> str:
-    """`Name: token token …`, folded with CRLF SP before a token that would pass 78 columns."""
-    line = f"{name}:"
+def _fold(name: str, tokens: list[str]) -> str:
+    """`Name: token token …`, folded with CRLF before the white space ahead of a token that would
+    pass 78 columns. Tokens are the value split at single spaces: an empty one is a space more,
+    and a run of spaces moves whole with the token after it, so no line ends past 78 in spaces."""
+    head = f"{name}:"
+    line = head
     lines = []
-    for index, token in enumerate(tokens):
-        piece = (" " if index == 0 else separator) + token
-        if len(line) + len(piece) > _MAX_LINE and token and line.strip() != f"{name}:":
+    gap = " "
+    for token in tokens:
+        if not token:
+            gap += " "
+            continue
+        if len(line) + len(gap) + len(token) > _MAX_LINE and line != head:
             lines.append(line)
-            line = " " + token
+            line = gap + token
         else:
-            line += piece
-    lines.append(line)
+            line += gap + token
+        gap = " "
+    lines.append(line + gap[1:])  # the spaces a value ends in
     return "\r\n".join(lines)
 
 
@@ -74,16 +98,23 @@ def _safe(name: str, value: str) -> str:
 
 def _text_header(name: str, value: str) -> str:
     _safe(name, value)
-    if _LOOKS_ENCODED in value:
-        return _fold(name, encoded_words(value))
-    if len(name) + len(value) + 2 <= _MAX_LINE and str.isascii(value):
+    if _LOOKS_ENCODED in value or not str.isascii(value):
+        return _fold(name, _header_words(name, value))
+    if len(name) + len(value) + 2 <= _MAX_LINE:
         return f"{name}: {value}"
-    words = value.split(" ")
-    # Encoded words can be split anywhere; plain text only at spaces, and a line must stay
-    # under 998 characters, so a long unbroken run is encoded too.
-    if str.isascii(value) and max(map(len, words)) <= _MAX_LINE - len(name) - 2:
-        return _fold(name, words)
-    return _fold(name, encoded_words(value))
+    # Plain text folds only at white space, so a word longer than the 78 columns stays whole on
+    # a longer line; only one that would pass 998 must be encoded.
+    folded = _fold(name, value.split(" "))
+    if max(map(len, folded.split("\r\n"))) > _MAX_LINE_HARD:
+        return _fold(name, _header_words(name, value))
+    return folded
+
+
+def _header_words(name: str, value: str) -> list[str]:
+    # RFC 2047 section 2: a line holding an encoded word is at most 76 characters, so the first
+    # word, after "Name: ", is made shorter.
+    room = _ENCODED_LINE - len(name) - 2 - len("=?utf-8?b??=")
+    return encoded_words(value, first_bytes=room // 4 * 3)
 
 
 def _display_name(name: str) -> list[str]:
@@ -95,13 +126,13 @@ def _display_name(name: str) -> list[str]:
     return ['"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"']
 
 
-def _address_tokens(address: Address) -> list[str]:
+def _address_tokens(address: Mailbox) -> list[str]:
     if not address.name:
         return [address.email]
     return [*_display_name(address.name), f"<{address.email}>"]
 
 
-def _address_header(name: str, addresses: list[Address]) -> str:
+def _address_header(name: str, addresses: list[Mailbox]) -> str:
     tokens: list[str] = []
     for index, address in enumerate(addresses):
         parts = _address_tokens(address)
@@ -112,9 +143,33 @@ def _address_header(name: str, addresses: list[Address]) -> str:
 
 
 def quoted_printable(body: str) -> bytes:
-    """Quoted-printable UTF-8 with CRLF line ends (soft breaks included)."""
+    """Quoted-printable UTF-8 with CRLF line ends (soft breaks included), ending in a line end
+    when `body` is not empty: its own final newline, or a soft line break when it has none."""
     text = body.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
-    return binascii.b2a_qp(text, quotetabs=False, istext=True, header=False).replace(b"\n", b"\r\n")
+    encoded = binascii.b2a_qp(text, quotetabs=False, istext=True, header=False)
+    encoded = _break_overlong(encoded)
+    if encoded and encoded[-1] != 0x0A:
+        # The CRLF that ends the message (or precedes a boundary) would otherwise read back as
+        # a newline the body never had. b2a_qp leaves a last line of up to 76 characters, and
+        # one of 76 ends in a literal character (an escape breaks the line sooner), so the line
+        # can be broken before it without splitting an "=XX".
+        if len(encoded) - encoded.rfind(b"\n") > _QP_LINE:
+            encoded = encoded[:-1] + b"=\n" + encoded[-1:]
+        encoded += b"=\n"
+    return encoded.replace(b"\n", b"\r\n")
+
+
+def _break_overlong(encoded: bytes) -> bytes:
+    """b2a_qp escapes a line's trailing space or tab only once the line is laid out, which can
+    take a 76-character line to 78: such a line is broken again before the escape."""
+    pieces = []
+    start = 0
+    for found in _QP_LINE_END_ESCAPE.finditer(encoded):
+        at = found.start()
+        if at + 3 - (encoded.rfind(b"\n", 0, at) + 1) > _QP_LINE:
+            pieces += [encoded[start:at], b"=\n"]
+            start = at
+    return b"".join([*pieces, encoded[start:]]) if pieces else encoded
 
 
 def _part(subtype: str, body: str) -> bytes:

@@ -7,11 +7,11 @@ from typing import Any
 import httpx
 
 from mailsvc.delivery.http import HttpProviderConfig, new_client, post
-from mailsvc.delivery.message import Address, OutgoingEmail
-from mailsvc.delivery.transport import Accepted
+from mailsvc.delivery.message import Mailbox, OutgoingEmail
+from mailsvc.delivery.transport import Receipt
 
 
-def _address(address: Address) -> dict[str, str]:
+def _address(address: Mailbox) -> dict[str, str]:
     return (
         {"email": address.email, "name": address.name} if address.name else {"email": address.email}
     )
@@ -53,7 +53,7 @@ class SendGridTransport:
         self.headers = {"Authorization": f"Bearer {api_key}"}
         self.client: httpx.AsyncClient = new_client()
 
-    async def send(self, email: OutgoingEmail) -> Accepted:
+    async def send(self, email: OutgoingEmail) -> Receipt:
         answer = await post(
             self.client,
             self.url,
@@ -62,7 +62,7 @@ class SendGridTransport:
             headers=self.headers,
         )
         # The id is in a header (a 202's body is empty), so no body can fail an accepted send.
-        return Accepted(provider_message_id=answer.headers.get("x-message-id"))
+        return Receipt(provider_message_id=answer.headers.get("x-message-id"))
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -15,7 +15,7 @@ from botocore.credentials import Credentials
 from mailsvc.delivery.http import HttpProviderConfig, new_client, post
 from mailsvc.delivery.message import OutgoingEmail
 from mailsvc.delivery.mime import ensure_raw
-from mailsvc.delivery.transport import Accepted
+from mailsvc.delivery.transport import Receipt
 
 
 def ses_payload(email: OutgoingEmail) -> dict[str, Any]:
@@ -50,7 +50,7 @@ class SesTransport:
         self.signer.add_auth(request)
         return dict(request.headers.items())
 
-    async def send(self, email: OutgoingEmail) -> Accepted:
+    async def send(self, email: OutgoingEmail) -> Receipt:
         body = json.dumps(ses_payload(email)).encode()
         answer = await post(
             self.client,
@@ -59,7 +59,7 @@ class SesTransport:
             content=body,
             headers=self._signed_headers(body),
         )
-        return Accepted(provider_message_id=answer.message_id(self.name, "MessageId"))
+        return Receipt(provider_message_id=answer.message_id(self.name, "MessageId"))
 
     async def close(self) -> None:
         await self.client.aclose()

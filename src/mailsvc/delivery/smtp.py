@@ -21,7 +21,7 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from mailsvc.delivery.errors import PermanentDeliveryError, TransientDeliveryError
 from mailsvc.delivery.message import OutgoingEmail
 from mailsvc.delivery.mime import ensure_raw
-from mailsvc.delivery.transport import Accepted
+from mailsvc.delivery.transport import Receipt
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class SmtpTransport:
         if client.is_connected:
             self._idle.append(client)
 
-    async def send(self, email: OutgoingEmail) -> Accepted:
+    async def send(self, email: OutgoingEmail) -> Receipt:
         raw = ensure_raw(email)
         recipients = email.envelope_recipients
         async with self._slots:
@@ -143,7 +143,7 @@ class SmtpTransport:
             f"{address}: {response.code} {response.message}"
             for address, response in refused_by_address.items()
         )
-        return Accepted(provider_message_id=None, detail=reply, refused=refused or None)
+        return Receipt(provider_message_id=None, detail=reply, refused=refused or None)
 
     async def _reset(self, client: aiosmtplib.SMTP) -> None:
         """After a refusal the session is still good once RSET clears the transaction."""

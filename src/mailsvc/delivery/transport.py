@@ -9,8 +9,11 @@ from mailsvc.delivery.message import OutgoingEmail
 
 
 @dataclass(frozen=True)
-class Accepted:
-    """The provider took the message. Its id, where it gives one, links later webhooks to it."""
+class Receipt:
+    """What a provider returns when it takes a message.
+
+    Its id, where it gives one, links later webhooks to the message.
+    """
 
     provider_message_id: str | None
     detail: str = ""
@@ -21,7 +24,7 @@ class Accepted:
 class Transport(Protocol):
     name: str
 
-    async def send(self, email: OutgoingEmail) -> Accepted:
+    async def send(self, email: OutgoingEmail) -> Receipt:
         """Hand one message to the provider, or raise a DeliveryError subclass."""
         ...
 

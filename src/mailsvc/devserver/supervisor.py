@@ -110,6 +110,17 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise _Stop(signum)
 
 
+@dataclass(frozen=True)
+class MailRoute:
+    """Where the dev stack's mail goes: the providers' settings for the children, and how the
+    banner describes the mailbox."""
+
+    env: dict[str, str]
+    mailbox: str
+    smtp_port: int
+    help: str = ""
+
+
 def run_dev(
     config: Settings,
     *,
@@ -132,66 +143,14 @@ def run_dev(
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
-        database_url = config.database_url
-        if not database_url:
-            postgres = EmbeddedPostgres(data_dir / "pg")
-            database_url = postgres.start()
-            supervisor.cleanups.append(postgres.stop)
-        redis_url = config.redis_url
-        if not redis_url:
-            redis = EmbeddedRedis(data_dir / "redis", port=6390)
-            redis_url = redis.start()
-            supervisor.cleanups.append(redis.stop)
+        database_url, redis_url = _start_servers(config, data_dir, supervisor)
         secret = (
             config.jwt_secret.get_secret_value() if config.jwt_secret else dev_jwt_secret(data_dir)
         )
-
-        upgrade_database(database_url)
-        run_in_session(
-            database_url,
-            lambda session: ensure_tenant(session, name=DEV_TENANT, domains=[DEV_DOMAIN]),
-        )
-
-        providers: dict[str, str]
-        extra = ""
-        if fake_providers:
-            fakes = FakeProviders(outbox=data_dir / "outbox")
-            fakes.start(http_port=free_port(8025), smtp_port=free_port(smtp_port))
-            supervisor.cleanups.append(fakes.stop)
-            providers = fakes.settings_env()
-            mailbox = f"{data_dir / 'outbox'}/<provider>-*.eml   (fake providers, {fakes.http_url})"
-            extra = _fakes_help(fakes.http_url)
-        elif smtp_relay is None:
-            smtp_port = free_port(smtp_port)
-            capture = start_capture_server(data_dir / "outbox", port=smtp_port)
-            supervisor.cleanups.append(capture.stop)
-            providers = _smtp_only("127.0.0.1", smtp_port)
-            mailbox = f"{data_dir / 'outbox'}/*.eml   (the capture SMTP server keeps every message)"
-        else:
-            providers = _smtp_only(*smtp_relay)
-            mailbox = f"relayed to SMTP {smtp_relay[0]}:{smtp_relay[1]}"
-
-        env = {
-            **os.environ,
-            "MAILSVC_ENV": "dev",
-            "MAILSVC_DATABASE_URL": database_url,
-            "MAILSVC_REDIS_URL": redis_url,
-            "MAILSVC_JWT_SECRET": secret,
-            **providers,
-            "MAILSVC_DATA_DIR": str(data_dir),
-            "MAILSVC_SWEEP_AFTER_SECONDS": os.environ.get("MAILSVC_SWEEP_AFTER_SECONDS", "20"),
-            "MAILSVC_SWEEP_INTERVAL_SECONDS": os.environ.get(
-                "MAILSVC_SWEEP_INTERVAL_SECONDS", "10"
-            ),
-            "MAILSVC_DISPATCH_INTERVAL_SECONDS": os.environ.get(
-                "MAILSVC_DISPATCH_INTERVAL_SECONDS", "2"
-            ),
-        }
-        supervisor.spawn("api", ["api", "--port", str(api_port)], env)
-        supervisor.spawn("worker", ["worker", "--role", "all", "--concurrency", "2"], env)
-        supervisor.spawn("beat", ["beat"], env)
-        wait_for_port(api_port, timeout=30)
-        _wait_for_worker(redis_url)
+        _prepare_database(database_url)
+        mail = _route_mail(supervisor, data_dir, smtp_port, smtp_relay, fake_providers)
+        env = _child_env(database_url, redis_url, secret, mail, data_dir)
+        _start_services(supervisor, env, api_port, redis_url)
 
         api_url = f"http://127.0.0.1:{api_port}"
         RuntimeState(
@@ -199,32 +158,12 @@ def run_dev(
             database_url=database_url,
             redis_url=redis_url,
             api_url=api_url,
-            smtp_port=smtp_port,
+            smtp_port=mail.smtp_port,
         ).write(data_dir)
         supervisor.cleanups.append(lambda: RuntimeState.remove(data_dir))
-        signing = config.model_copy(update={"jwt_secret": SecretStr(secret)})
-        token = run_in_session(
-            database_url,
-            lambda session: token_for_tenant(
-                session,
-                tenant_name=DEV_TENANT,
-                scopes=ALL_SCOPES,
-                ttl=timedelta(days=30),
-                config=signing,
-            ),
-        )
-        _print_banner(api_url, token, mailbox, extra)
-
-        while True:
-            exited = supervisor.first_exited()
-            if exited is not None:
-                print(
-                    f"mailsvc dev: {exited.name} exited with {exited.process.returncode}; "
-                    "stopping everything",
-                    file=sys.stderr,
-                )
-                return 1
-            time.sleep(0.5)
+        token = _dev_token(config, database_url, secret)
+        _print_banner(api_url, token, mail.mailbox, mail.help)
+        return _watch(supervisor)
     except _Stop:
         print("\nmailsvc dev: stopping…", file=sys.stderr)
         return 0
@@ -234,15 +173,138 @@ def run_dev(
         supervisor.stop()
 
 
-def _wait_for_worker(redis_url: str, timeout: float = 30.0) -> None:
-    from mailsvc.worker.app import celery_app, configure
+def _start_servers(config: Settings, data_dir: Path, supervisor: Supervisor) -> tuple[str, str]:
+    """PostgreSQL and Redis: those the settings name, else embedded ones under `data_dir`."""
+    database_url = config.database_url
+    if not database_url:
+        postgres = EmbeddedPostgres(data_dir / "pg")
+        database_url = postgres.start()
+        supervisor.cleanups.append(postgres.stop)
+    redis_url = config.redis_url
+    if not redis_url:
+        redis = EmbeddedRedis(data_dir / "redis", port=6390)
+        redis_url = redis.start()
+        supervisor.cleanups.append(redis.stop)
+    return database_url, redis_url
 
-    configure(celery_app, Settings(redis_url=redis_url))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if celery_app.control.ping(timeout=0.5):
-            return
-    print("mailsvc dev: the worker did not answer a ping yet; continuing", file=sys.stderr)
+
+def _prepare_database(database_url: str) -> None:
+    """Migrated, with the dev tenant the banner's token is for."""
+    upgrade_database(database_url)
+    run_in_session(
+        database_url,
+        lambda session: ensure_tenant(session, name=DEV_TENANT, domains=[DEV_DOMAIN]),
+    )
+
+
+def _route_mail(
+    supervisor: Supervisor,
+    data_dir: Path,
+    smtp_port: int,
+    smtp_relay: tuple[str, int] | None,
+    fake_providers: bool,
+) -> MailRoute:
+    outbox = data_dir / "outbox"
+    if fake_providers:
+        fakes = FakeProviders(outbox=outbox)
+        fakes.start(http_port=free_port(8025), smtp_port=free_port(smtp_port))
+        supervisor.cleanups.append(fakes.stop)
+        return MailRoute(
+            env=fakes.settings_env(),
+            mailbox=f"{outbox}/<provider>-*.eml   (fake providers, {fakes.http_url})",
+            smtp_port=smtp_port,
+            help=_fakes_help(fakes.http_url),
+        )
+    if smtp_relay is None:
+        smtp_port = free_port(smtp_port)
+        capture = start_capture_server(outbox, port=smtp_port)
+        supervisor.cleanups.append(capture.stop)
+        return MailRoute(
+            env=_smtp_only("127.0.0.1", smtp_port),
+            mailbox=f"{outbox}/*.eml   (the capture SMTP server keeps every message)",
+            smtp_port=smtp_port,
+        )
+    return MailRoute(
+        env=_smtp_only(*smtp_relay),
+        mailbox=f"relayed to SMTP {smtp_relay[0]}:{smtp_relay[1]}",
+        smtp_port=smtp_port,
+    )
+
+
+def _child_env(
+    database_url: str, redis_url: str, secret: str, mail: MailRoute, data_dir: Path
+) -> dict[str, str]:
+    """The api's, the worker's and beat's environment: they read their settings from it."""
+
+    def kept(name: str, default: str) -> str:  # dev's shorter housekeeping, unless set
+        return os.environ.get(name, default)
+
+    return {
+        **os.environ,
+        "MAILSVC_ENV": "dev",
+        "MAILSVC_DATABASE_URL": database_url,
+        "MAILSVC_REDIS_URL": redis_url,
+        "MAILSVC_JWT_SECRET": secret,
+        **mail.env,
+        "MAILSVC_DATA_DIR": str(data_dir),
+        "MAILSVC_SWEEP_AFTER_SECONDS": kept("MAILSVC_SWEEP_AFTER_SECONDS", "20"),
+        "MAILSVC_SWEEP_INTERVAL_SECONDS": kept("MAILSVC_SWEEP_INTERVAL_SECONDS", "10"),
+        "MAILSVC_DISPATCH_INTERVAL_SECONDS": kept("MAILSVC_DISPATCH_INTERVAL_SECONDS", "2"),
+    }
+
+
+def _start_services(
+    supervisor: Supervisor, env: dict[str, str], api_port: int, redis_url: str
+) -> None:
+    supervisor.spawn("api", ["api", "--port", str(api_port)], env)
+    supervisor.spawn("worker", ["worker", "--role", "all", "--concurrency", "2"], env)
+    supervisor.spawn("beat", ["beat"], env)
+    wait_for_port(api_port, timeout=30)
+    _wait_for_worker(redis_url)
+
+
+def _dev_token(config: Settings, database_url: str, secret: str) -> str:
+    """The banner's token: every scope, for the dev tenant, for 30 days."""
+    signing = config.model_copy(update={"jwt_secret": SecretStr(secret)})
+    return run_in_session(
+        database_url,
+        lambda session: token_for_tenant(
+            session,
+            tenant_name=DEV_TENANT,
+            scopes=ALL_SCOPES,
+            ttl=timedelta(days=30),
+            config=signing,
+        ),
+    )
+
+
+def _watch(supervisor: Supervisor) -> int:
+    """Until a child exits (1) or Ctrl-C raises _Stop."""
+    while True:
+        exited = supervisor.first_exited()
+        if exited is not None:
+            print(
+                f"mailsvc dev: {exited.name} exited with {exited.process.returncode}; "
+                "stopping everything",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(0.5)
+
+
+def _wait_for_worker(redis_url: str, timeout: float = 30.0) -> None:
+    from celery import Celery
+
+    # A client of its own: the process's celery_app keeps the settings it was configured with.
+    client = Celery("mailsvc-dev", broker=redis_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if client.control.ping(timeout=0.5):
+                return
+        print("mailsvc dev: the worker did not answer a ping yet; continuing", file=sys.stderr)
+    finally:
+        client.close()
 
 
 def _smtp_only(host: str, port: int) -> dict[str, str]:

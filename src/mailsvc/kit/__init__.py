@@ -1,1 +1,1 @@
-"""Shared plumbing that imports no domain: ids, time, pagination, logging."""
+"""Shared plumbing that imports no domain: ids, time, pagination, logging, addresses, headers."""

@@ -12,6 +12,9 @@ spaces instead (`one_line`), since its author asked for one line.
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
 
 # C0 but TAB, DEL, C1, LINE SEPARATOR, PARAGRAPH SEPARATOR.
 _UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
@@ -46,6 +49,12 @@ def check_header_name(name: str) -> str:
     if name.lower().startswith(RESERVED_HEADER_PREFIX):
         raise ValueError(f"header {name!r} is reserved")
     return name
+
+
+# Any value that ends up in a header (a subject, a display name, an X-header's value).
+HeaderText = Annotated[str, AfterValidator(check_header_text)]
+HeaderName = Annotated[str, AfterValidator(check_header_name)]
+HeaderValue = Annotated[HeaderText, Field(max_length=MAX_HEADER_VALUE_CHARS)]
 
 
 def one_line(text: str) -> str:

@@ -11,26 +11,57 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
-_context: ContextVar[dict[str, str]] = ContextVar("mailsvc_log_context", default={})  # noqa: B039
+_OUTSIDE: dict[str, str] = {}  # the context outside any scope: never written to
+_context: ContextVar[dict[str, str]] = ContextVar("mailsvc_log_context", default=_OUTSIDE)
 
 _CONTEXT_KEYS = ("tenant", "message_id", "task_id", "request_id")
 
 
+def _strings(values: dict[str, object]) -> dict[str, str]:
+    return {key: str(value) for key, value in values.items() if value is not None}
+
+
 @contextlib.contextmanager
 def log_context(**values: object) -> Iterator[None]:
-    """Adds fields (tenant=…, message_id=…, task_id=…) to every log line written inside."""
-    merged = {**_context.get(), **{k: str(v) for k, v in values.items() if v is not None}}
-    token = _context.set(merged)
+    """Adds fields (tenant=…, message_id=…, task_id=…) to every log line written inside.
+
+    It is also a scope for `bind`: what is bound inside stays inside."""
+    token = enter_log_context(**values)
     try:
         yield
     finally:
-        _context.reset(token)
+        leave_log_context(token)
 
 
-class _ContextFilter(logging.Filter):
+def enter_log_context(**values: object) -> Token[dict[str, str]]:
+    """`log_context` for code that cannot hold a `with` open (a task's start and end signals):
+    the caller must `leave_log_context` with the token, in the same thread."""
+    return _context.set({**_context.get(), **_strings(values)})
+
+
+def leave_log_context(token: Token[dict[str, str]]) -> None:
+    _context.reset(token)
+
+
+def bind(**values: object) -> None:
+    """Adds fields to the innermost `log_context`, for the rest of it: a request learns its
+    tenant only once its token is read, and its access line, written last, should name it."""
+    fields = _context.get()
+    if fields is not _OUTSIDE:
+        fields.update(_strings(values))
+
+
+def context_value(key: str) -> str | None:
+    """A field of the current context (the request id a problem body echoes)."""
+    return _context.get().get(key)
+
+
+class ContextFilter(logging.Filter):
+    """Puts the context's fields on each record a handler writes (configure_logging adds it)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         for key, value in _context.get().items():
             if not hasattr(record, key):
@@ -72,7 +103,7 @@ class TextFormatter(logging.Formatter):
 
 def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_ContextFilter())
+    handler.addFilter(ContextFilter())
     handler.setFormatter(
         JsonFormatter()
         if json_lines

@@ -1,1 +1,1 @@
-"""Messages: accepting them, delivering them, and reporting on them."""
+"""Messages: accepting them, reading them back, cancelling them."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
@@ -14,7 +15,7 @@ from mailsvc.kit.pagination import cursor_query
 from mailsvc.messages import schemas, service
 from mailsvc.messages.repository import ListFilters
 from mailsvc.models import MessageStatus
-from mailsvc.routing import ApiRoute
+from mailsvc.routing import ApiRoute, AppSettings
 
 router = APIRouter(prefix="/v1/messages", tags=["messages"], route_class=ApiRoute)
 
@@ -51,11 +52,16 @@ async def send_message(
     session: DbSession,
     principal: SendScope,
     response: Response,
+    config: AppSettings,
     idempotency_key: IdempotencyKey = None,
 ) -> schemas.Message:
     """Accept one email for delivery."""
     accepted = await service.send_message(
-        session, principal.tenant, body, idempotency_key=idempotency_key
+        session,
+        principal.tenant,
+        body,
+        idempotency_key=idempotency_key,
+        key_ttl=timedelta(hours=config.idempotency_ttl_hours),
     )
     if not accepted.created:
         response.status_code = status.HTTP_200_OK

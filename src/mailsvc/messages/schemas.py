@@ -7,7 +7,6 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -19,29 +18,12 @@ from pydantic import (
 )
 
 from mailsvc.config import settings
-from mailsvc.kit.headers import MAX_HEADER_VALUE_CHARS, check_header_name, check_header_text
+from mailsvc.kit.addresses import normalise_email
+from mailsvc.kit.headers import MAX_HEADER_VALUE_CHARS, HeaderName, HeaderText, HeaderValue
 
 Priority = Literal["high", "normal", "low"]
 
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
-
-# Any value that ends up in a header (a subject, a display name, an X-header's value).
-HeaderText = Annotated[str, AfterValidator(check_header_text)]
-HeaderName = Annotated[str, AfterValidator(check_header_name)]
-HeaderValue = Annotated[HeaderText, Field(max_length=MAX_HEADER_VALUE_CHARS)]
-
-
-def normalise_email(value: str) -> str:
-    """A valid address in ASCII form: IDN domains become punycode.
-
-    Non-ASCII local parts need SMTPUTF8 end to end, which most providers refuse, so they are
-    rejected here rather than failing later at delivery.
-    """
-    try:
-        result = validate_email(value, check_deliverability=False, allow_smtputf8=False)
-    except EmailNotValidError as exc:
-        raise ValueError(f"{value!r} is not a valid email address: {exc}") from exc
-    return str(result.ascii_email or result.normalized)
 
 
 class Address(BaseModel):

@@ -14,22 +14,17 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.auth.service import TenantInfo
-from mailsvc.config import settings
 from mailsvc.errors import Conflict, FieldError, NotFound, ValidationFailed
 from mailsvc.kit.ids import uuid7
-from mailsvc.kit.outbox import enqueue
 from mailsvc.kit.pagination import encode_cursor
 from mailsvc.kit.time import Clock, utcnow
 from mailsvc.messages import schemas
 from mailsvc.messages.repository import ListFilters, MessageRepository
 from mailsvc.metrics import MESSAGES_ACCEPTED
 from mailsvc.models import Message, MessageEvent, MessageStatus
-from mailsvc.templates.builtin import is_builtin
+from mailsvc.sending.lanes import enqueue_sends, lane_for, published_at_once
 from mailsvc.templates.engine import Rendered
 from mailsvc.templates.service import TemplateLookup, with_defaults
-from mailsvc.worker import queues
-
-SEND_TASK = "messages.send"
 
 
 def _address(value: schemas.Address) -> dict[str, Any]:
@@ -46,7 +41,7 @@ def _resolve_sender(
                 "no sender given and the tenant has no default sender",
                 errors=[FieldError((*loc, "from"), "required: the tenant has no default sender")],
             )
-        sender = schemas.Address(email=tenant.default_sender)
+        sender = schemas.Address(email=tenant.default_sender, name=tenant.default_sender_name)
     if not tenant.may_send_from(sender.email):
         allowed = ", ".join(sorted(tenant.allowed_domains))
         raise ValidationFailed(
@@ -64,6 +59,7 @@ def _resolve_sender(
 
 SEND_AT_GRACE = timedelta(seconds=30)  # a send_at this close behind the server's clock is "now"
 SEND_AT_HORIZON = timedelta(days=365)
+DEFAULT_KEY_TTL = timedelta(hours=24)  # how long an Idempotency-Key is kept (the API's default)
 # A follower (an event's second email) waits for the one before it; should that never finish,
 # it goes anyway after this long.
 FOLLOWER_BACKSTOP = timedelta(hours=24)
@@ -110,7 +106,7 @@ def build_message(
     message = Message(
         id=message_id,
         tenant_id=tenant.id,
-        status=(MessageStatus.scheduled if send_at else MessageStatus.queued).value,
+        status=MessageStatus.scheduled if send_at else MessageStatus.queued,
         lane=lane,
         priority=priority or body.priority or "high",
         sender=_address(sender),
@@ -129,7 +125,7 @@ def build_message(
         meta=body.metadata,
         send_at=send_at,
         lease_until=None,
-        enqueued_at=now if queues.published_at_once(lane) and not send_at else None,
+        enqueued_at=now if published_at_once(lane) and not send_at else None,
         attempt_count=0,
         message_id_header=f"<{message_id.hex}@{domain}>",
         created_at=now,
@@ -156,24 +152,11 @@ async def accept_messages(
         MessageEvent(message_id=m.id, type="accepted", at=m.created_at, detail={}) for m in messages
     )
     await session.flush()
-    by_queue: dict[tuple[str, str], list[str]] = defaultdict(list)
     for message in messages:
         MESSAGES_ACCEPTED.labels(message.lane).inc()
-        if message.enqueued_at is not None:
-            queue = queues.queue_for(message.lane, message.status)
-            by_queue[queue, send_task_for(message.template, queue)].append(str(message.id))
-    for (queue, task), ids in by_queue.items():
-        for start in range(0, len(ids), batch_size):
-            enqueue(session, task, queue=queue, ids=ids[start : start + batch_size])
-
-
-def send_task_for(template: str | None, queue: str) -> str:
-    """The task a send job goes as: each built-in email type has its own name on the lanes that
-    send one message kind at a time (Flower shows them apart); bulk batches mix kinds, and
-    retries come from every lane, so both go as `messages.send`."""
-    if queue in (queues.BULK, queues.RETRY) or template is None or not is_builtin(template):
-        return SEND_TASK
-    return f"emails.{template}"
+    # Bulk and scheduled messages wait parked: the feeder and the dispatcher publish them.
+    published = (m for m in messages if m.enqueued_at is not None)
+    enqueue_sends(session, published, ids_per_job=batch_size)
 
 
 async def prepare_message(
@@ -204,7 +187,7 @@ async def prepare_message(
     return build_message(
         tenant,
         body,
-        lane=queues.lane_for(priority, batch=batch),
+        lane=lane_for(priority, batch=batch),
         priority=priority,
         rendered=rendered,
         clock=clock,
@@ -214,7 +197,7 @@ async def prepare_message(
 
 def hold_after(follower: Message, leader: Message, *, clock: Clock = utcnow) -> None:
     """Keep `follower` back until `leader` is sent or has failed (see FOLLOWER_BACKSTOP)."""
-    follower.status = MessageStatus.scheduled.value
+    follower.status = MessageStatus.scheduled
     follower.after_message_id = leader.id
     follower.enqueued_at = None
     follower.not_before = (leader.send_at or clock()) + FOLLOWER_BACKSTOP
@@ -285,7 +268,9 @@ async def cancel_message(
 
 
 @dataclass(frozen=True)
-class Accepted:
+class Acceptance:
+    """A message the API accepted, and whether this request made it."""
+
     message: schemas.Message
     created: bool  # False: an earlier request with the same Idempotency-Key made it
 
@@ -302,12 +287,15 @@ async def send_message(
     body: schemas.MessageCreate,
     *,
     idempotency_key: str | None = None,
-) -> Accepted:
+    key_ttl: timedelta = DEFAULT_KEY_TTL,
+) -> Acceptance:
+    """Accept one message; with an Idempotency-Key, a replay within `key_ttl` returns the
+    message the key made."""
     message = await prepare_message(session, tenant, body)
     if idempotency_key is not None:
         message.idempotency_key = idempotency_key
         message.request_hash = request_hash(body)
-        earlier = await _insert_unless_key_taken(session, message, idempotency_key)
+        earlier = await _insert_unless_key_taken(session, message, idempotency_key, key_ttl)
         if earlier is not None:
             if earlier.request_hash != message.request_hash:
                 raise Conflict(
@@ -315,14 +303,14 @@ async def send_message(
                     f"(message {earlier.id})"
                 )
             repo = MessageRepository(session)
-            return Accepted(message=(await _present_all(repo, [earlier]))[0], created=False)
+            return Acceptance(message=(await _present_all(repo, [earlier]))[0], created=False)
     await accept_messages(session, [message], already_inserted=idempotency_key is not None)
     accepted = schemas.Event(type="accepted", at=message.created_at, detail={})
-    return Accepted(message=present(message, attempts=[], events=[accepted]), created=True)
+    return Acceptance(message=present(message, attempts=[], events=[accepted]), created=True)
 
 
 async def _insert_unless_key_taken(
-    session: AsyncSession, message: Message, key: str
+    session: AsyncSession, message: Message, key: str, ttl: timedelta
 ) -> Message | None:
     """Insert the message, or return the live message that already holds its key.
 
@@ -337,7 +325,7 @@ async def _insert_unless_key_taken(
         earlier = await repo.by_idempotency_key(message.tenant_id, key)
         if earlier is None:  # the holder was rolled back or released meanwhile
             continue
-        if earlier.created_at > utcnow() - timedelta(hours=settings.idempotency_ttl_hours):
+        if earlier.created_at > utcnow() - ttl:
             return earlier
         await repo.release_idempotency_key(earlier.id)
     raise Conflict("the Idempotency-Key is contended; try again")

@@ -33,8 +33,6 @@ class MessageStatus(enum.StrEnum):
     suppressed = "suppressed"
 
 
-# A row in one of these is waiting for a worker: the dispatcher and sweeper look only here.
-PENDING_STATUSES = ("scheduled", "queued", "retrying")
 _STATUS_LIST = ", ".join(f"'{s.value}'" for s in MessageStatus)
 
 

@@ -13,9 +13,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from mailsvc.config import settings
 from mailsvc.db import Database, get_database
 from mailsvc.errors import NotFound, Unauthorized
+from mailsvc.routing import AppSettings
 
 router = APIRouter(tags=["operations"])
 
@@ -28,10 +28,10 @@ async def _check_database(database: Database) -> str:
     return "ok"
 
 
-async def _check_redis() -> str:
-    if not settings.redis_url:
+async def _check_redis(redis_url: str | None) -> str:
+    if not redis_url:
         return "not configured"
-    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=_CHECK_TIMEOUT)
+    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=_CHECK_TIMEOUT)
     try:
         await client.ping()
     finally:
@@ -63,10 +63,15 @@ async def healthz() -> Health:
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "PostgreSQL or Redis does not answer"}},
 )
-async def readyz(database: Annotated[Database, Depends(get_database)]) -> JSONResponse:
+async def readyz(
+    database: Annotated[Database, Depends(get_database)], config: AppSettings
+) -> JSONResponse:
     """PostgreSQL and Redis answer."""
     checks: dict[str, str] = {}
-    for name, check in (("postgres", _check_database(database)), ("redis", _check_redis())):
+    for name, check in (
+        ("postgres", _check_database(database)),
+        ("redis", _check_redis(config.redis_url)),
+    ):
         try:
             checks[name] = await asyncio.wait_for(check, _CHECK_TIMEOUT)
         except Exception as exc:
@@ -79,13 +84,15 @@ async def readyz(database: Annotated[Database, Depends(get_database)]) -> JSONRe
 
 
 @router.get("/metrics", operation_id="metrics", include_in_schema=False)
-async def metrics(authorization: Annotated[str | None, Header()] = None) -> Response:
+async def metrics(
+    config: AppSettings, authorization: Annotated[str | None, Header()] = None
+) -> Response:
     """Prometheus text format, on the API's port only for a scraper holding MAILSVC_METRICS_TOKEN.
 
     Otherwise it is not served here: `mailsvc api --metrics-port` serves it on a port of its own,
     which is not exposed to the API's callers.
     """
-    token = settings.metrics_token
+    token = config.metrics_token
     if token is None:
         raise NotFound(
             "metrics are served on the metrics port (mailsvc api --metrics-port), or here "

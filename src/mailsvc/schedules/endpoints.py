@@ -1,4 +1,4 @@
-"""The /v1/schedules routes: each tenant's recurring jobs, their settings and next runs."""
+"""The /v1/schedules routes: parse, authorize, call the service, return."""
 
 from __future__ import annotations
 
@@ -8,16 +8,11 @@ from fastapi import APIRouter, Depends, Path
 
 from mailsvc.auth.dependencies import AdminScope, ReadScope
 from mailsvc.db import DbSession
-from mailsvc.errors import NotFound, ValidationFailed, problem_responses
+from mailsvc.errors import problem_responses
 from mailsvc.kit.time import Clock, utcnow
 from mailsvc.models import SCHEDULE_NAMES
 from mailsvc.routing import ApiRoute
-from mailsvc.schedules import schemas
-from mailsvc.schedules.repository import (
-    EffectiveSchedule,
-    ScheduleRepository,
-    effective_for_tenant,
-)
+from mailsvc.schedules import schemas, service
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"], route_class=ApiRoute)
 
@@ -44,9 +39,7 @@ async def list_schedules(
     session: DbSession, principal: ReadScope, clock: ScheduleClock
 ) -> schemas.ScheduleList:
     """The tenant's recurring jobs, with their settings and when each next sends."""
-    now = clock()
-    effective = await effective_for_tenant(session, principal.tenant_id)
-    return schemas.ScheduleList(data=[schemas.Schedule.of(s, now) for s in effective])
+    return await service.list_schedules(session, principal.tenant_id, clock=clock)
 
 
 @router.put("/{name}", operation_id="putSchedule", responses=problem_responses(404))
@@ -58,11 +51,4 @@ async def put_schedule(
     clock: ScheduleClock,
 ) -> schemas.Schedule:
     """Replace the settings of one recurring job; what is left out takes its default."""
-    if name not in SCHEDULE_NAMES:
-        raise NotFound(f"no schedule named {name!r}; there are {', '.join(SCHEDULE_NAMES)}")
-    errors = body.problems_for(name)
-    if errors:
-        detail = "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in errors)
-        raise ValidationFailed(detail, errors=errors)
-    row = await ScheduleRepository(session).put(principal.tenant_id, name, **body.columns())
-    return schemas.Schedule.of(EffectiveSchedule.of(principal.tenant_id, name, row), clock())
+    return await service.put_schedule(session, principal.tenant_id, name, body, clock=clock)

@@ -27,7 +27,7 @@ from mailsvc.messages import service as messages
 from mailsvc.models import Message
 from mailsvc.schedules import repository, timing
 from mailsvc.schedules.ledger import PlannedSend, RecurringSendRepository
-from mailsvc.worker import queues
+from mailsvc.sending.lanes import Lane
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ async def _send(
             template=plan.template,
             to=message_schemas.Address.model_construct(email=plan.email, name=plan.name),
             variables=plan.variables,
-            lane=queues.SCHEDULED,
+            lane=Lane.scheduled,
             tags=[schedule],
             clock=lambda: now,
         )

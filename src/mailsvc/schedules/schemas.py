@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from mailsvc.errors import FieldError
+from mailsvc.kit.addresses import normalise_email
 from mailsvc.kit.time import check_time_zone
-from mailsvc.messages.schemas import normalise_email
 from mailsvc.schedules import timing
 from mailsvc.schedules.repository import EffectiveSchedule
 
@@ -69,57 +68,6 @@ class ScheduleUpdate(BaseModel):
         Field(max_length=MAX_RECIPIENTS, description="weekly_report: who receives it."),
         AfterValidator(_unique),
     ] = Field(default_factory=list)
-
-    def problems_for(self, name: str) -> list[FieldError]:
-        """What this job does not take, or needs and lacks."""
-        errors: list[FieldError] = []
-        if name == "activation_reminder" and self.cron is not None:
-            errors.append(
-                FieldError(
-                    ("body", "cron"),
-                    "activation_reminder runs a number of days after sign-up: set days, not cron",
-                )
-            )
-        if name != "activation_reminder" and self.days is not None:
-            errors.append(
-                FieldError(("body", "days"), f"only activation_reminder takes days, not {name}")
-            )
-        if name == "birthday" and self.cron is not None:
-            fields = self.cron.split()
-            if fields[2:] != ["*", "*", "*"] or timing.parse_cron(self.cron).send_time is None:
-                errors.append(
-                    FieldError(
-                        ("body", "cron"),
-                        "birthday sends on each contact's birthday at one time of day: give "
-                        "'minute hour * * *', such as '0 9 * * *'",
-                    )
-                )
-        if name != "weekly_report" and self.recipients:
-            errors.append(
-                FieldError(
-                    ("body", "recipients"),
-                    f"only weekly_report has recipients: {name} mails the contacts",
-                )
-            )
-        if name == "weekly_report" and self.enabled and not self.recipients:
-            errors.append(
-                FieldError(
-                    ("body", "recipients"),
-                    "at least one address is required to enable weekly_report",
-                )
-            )
-        return errors
-
-    def columns(self) -> dict[str, Any]:
-        """The stored row: every setting, so a PUT replaces the previous one whole."""
-        return {
-            "enabled": self.enabled,
-            "cron": self.cron,
-            "days": self.days,
-            "timezone": self.timezone,
-            "template": self.template,
-            "recipients": self.recipients,
-        }
 
 
 class Schedule(BaseModel):

@@ -5,18 +5,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+from celery import Task, shared_task
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.kit.time import utcnow
 from mailsvc.schedules import jobs
-from mailsvc.worker import bridge
-from mailsvc.worker.app import celery_app
+from mailsvc.sending.runtime import runtime_of
 
 Job = Callable[..., Awaitable[int]]
 
 
-def _run(job: Job) -> int:
-    runtime = bridge.runtime()
+def _run(task: Task, job: Job) -> int:
+    runtime = runtime_of(task)
     now: datetime = utcnow()
 
     async def run(session: AsyncSession) -> int:
@@ -25,19 +25,19 @@ def _run(job: Job) -> int:
     return runtime.run(runtime.in_transaction(run))
 
 
-@celery_app.task(name="schedules.birthdays")
-def birthdays() -> int:
+@shared_task(name="schedules.birthdays", bind=True)
+def birthdays(self: Task) -> int:
     """Birthday emails for contacts whose local day and send time have come."""
-    return _run(jobs.run_birthdays)
+    return _run(self, jobs.run_birthdays)
 
 
-@celery_app.task(name="schedules.activation_reminders")
-def activation_reminders() -> int:
+@shared_task(name="schedules.activation_reminders", bind=True)
+def activation_reminders(self: Task) -> int:
     """A reminder to contacts who signed up N days ago and have not activated."""
-    return _run(jobs.run_activation_reminders)
+    return _run(self, jobs.run_activation_reminders)
 
 
-@celery_app.task(name="schedules.weekly_reports")
-def weekly_reports() -> int:
+@shared_task(name="schedules.weekly_reports", bind=True)
+def weekly_reports(self: Task) -> int:
     """Last week's figures to each tenant's admins, when their schedule says."""
-    return _run(jobs.run_weekly_reports)
+    return _run(self, jobs.run_weekly_reports)

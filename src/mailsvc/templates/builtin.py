@@ -148,8 +148,21 @@ def sample_variables(name: str) -> dict[str, Any]:
         "name": "Ada Lovelace",
         "attributes": {"plan": "pro", "timezone": "Europe/London"},
     }
-    common: dict[str, Any] = {"contact": contact, "tenant": {"name": "Analytical Engines"}}
-    data: dict[str, dict[str, Any]] = {
+    variables: dict[str, Any] = {
+        "contact": contact,
+        "tenant": {"name": "Analytical Engines"},
+        "data": _sample_data().get(name, {}),
+    }
+    if name == "weekly_report":
+        variables["report"] = _sample_report()
+    if not _BUILTINS[name].transactional:
+        variables["unsubscribe_url"] = "https://mailsvc.example.com/u/sample-token"
+    return variables
+
+
+def _sample_data() -> dict[str, dict[str, Any]]:
+    """Each built-in's `data`, as the event or campaign that sends it would give it."""
+    return {
         "account_confirmation": {"confirm_url": "https://app.example.com/confirm?user=42"},
         "welcome": {"login_url": "https://app.example.com/login"},
         "password_changed": {
@@ -177,28 +190,27 @@ def sample_variables(name: str) -> dict[str, Any]:
             "cta_label": "Book a demo",
         },
     }
-    variables: dict[str, Any] = {**common, "data": data.get(name, {})}
-    if name == "weekly_report":
-        variables["report"] = {
-            "week": "2026-W47",
-            "start": "2026-11-16",
-            "end": "2026-11-22",
-            "total": 12840,
-            "by_status": [
-                {"status": "delivered", "count": 12210},
-                {"status": "bounced", "count": 412},
-                {"status": "failed", "count": 131},
-                {"status": "suppressed", "count": 87},
-            ],
-            "by_provider": [
-                {"provider": "sendgrid", "count": 9120},
-                {"provider": "ses", "count": 3720},
-            ],
-            "by_tag": [
-                {"tag": "welcome", "count": 5320},
-                {"tag": "password-reset", "count": 1204},
-            ],
-        }
-    if not _BUILTINS[name].transactional:
-        variables["unsubscribe_url"] = "https://mailsvc.example.com/u/sample-token"
-    return variables
+
+
+def _sample_report() -> dict[str, Any]:
+    """A week's report, as the weekly_report job computes it."""
+    return {
+        "week": "2026-W47",
+        "start": "2026-11-16",
+        "end": "2026-11-22",
+        "total": 12840,
+        "by_status": [
+            {"status": "delivered", "count": 12210},
+            {"status": "bounced", "count": 412},
+            {"status": "failed", "count": 131},
+            {"status": "suppressed", "count": 87},
+        ],
+        "by_provider": [
+            {"provider": "sendgrid", "count": 9120},
+            {"provider": "ses", "count": 3720},
+        ],
+        "by_tag": [
+            {"tag": "welcome", "count": 5320},
+            {"tag": "password-reset", "count": 1204},
+        ],
+    }

@@ -1,11 +1,15 @@
-"""The Celery application. It imports no tasks module: worker_app.py does, for the worker only."""
+"""The Celery application. It imports no tasks module: worker_app.py does, for the worker only.
+
+It is configured by the entry point that uses it (the worker and beat at their start, the API's
+app factory, which publishes), from the settings that entry point read: never at import.
+"""
 
 from __future__ import annotations
 
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from mailsvc.config import Settings, settings
+from mailsvc.config import Settings
 from mailsvc.worker import queues
 from mailsvc.worker.beat import beat_schedule
 
@@ -17,7 +21,7 @@ _DIRECT = Exchange("")
 
 def configure(app: Celery, config: Settings) -> None:
     app.conf.update(
-        broker_url=config.broker_url or config.redis_url,
+        broker_url=config.effective_broker_url,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": config.broker_visibility_timeout_seconds,
@@ -49,5 +53,14 @@ def configure(app: Celery, config: Settings) -> None:
     )
 
 
-celery_app = Celery("mailsvc")
-configure(celery_app, settings)
+def configured(app: Celery) -> Celery:
+    """`app`, once an entry point configured it: unconfigured, Celery would reach for a broker
+    of its own default (AMQP on localhost), and jobs would go where no worker listens."""
+    if not app.conf.broker_url:
+        raise RuntimeError("the Celery app is not configured: call worker.app.configure first")
+    return app
+
+
+# Tasks are declared with `shared_task` in their domains and bound to this app when a worker
+# imports them; RuntimeTask gives each its thread's runtime (worker/bridge.py).
+celery_app = Celery("mailsvc", task_cls="mailsvc.worker.bridge:RuntimeTask")

@@ -1,5 +1,9 @@
 """The async bridge: one event loop, one engine and one set of transports per thread that runs
-tasks. A task runs one coroutine on its thread's loop; never `asyncio.run` per task."""
+tasks. A task runs one coroutine on its thread's loop; never `asyncio.run` per task.
+
+The worker's entry point calls `use(settings)` once; every runtime is made from them, and each
+task finds its thread's as `self.runtime` (`RuntimeTask`, the Celery app's task class).
+"""
 
 from __future__ import annotations
 
@@ -7,56 +11,32 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-import redis.asyncio as aioredis
+from celery import Task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailsvc.config import RateLimitSpec, Settings, settings
+from mailsvc.config import RateLimitSpec, Settings
 from mailsvc.db import Database
 from mailsvc.delivery.breaker import RedisCircuitBreaker, breaker_redis
 from mailsvc.delivery.chain import ProviderChain, configured_transports
 from mailsvc.delivery.retry import RetryPolicy
-from mailsvc.kit.outbox import outbox_of
 from mailsvc.ratelimit.limiter import RateLimiter
 from mailsvc.ratelimit.policy import RateLimits
 from mailsvc.ratelimit.repository import RateLimitRepository
 from mailsvc.ratelimit.throttle import Throttle
-from mailsvc.worker.publish import publish_jobs
+from mailsvc.sending.runtime import Runtime
+from mailsvc.worker.publish import publish_jobs, queue_depths
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+_config: Settings | None = None  # the worker's settings, given once by its entry point
 
 
-@dataclass
-class Runtime:
-    loop: asyncio.AbstractEventLoop
-    database: Database
-    redis: aioredis.Redis
-    chain: ProviderChain
-    policy: RetryPolicy
-    throttle: Throttle
-
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coroutine)
-
-    async def in_transaction(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        """Runs `work` in one transaction, then publishes the jobs it enqueued."""
-        async with self.database.transaction() as session:
-            result = await work(session)
-        jobs = outbox_of(session).take_released()
-        if jobs:
-            publish_jobs(jobs)
-        return result
-
-    async def close(self) -> None:
-        await self.chain.close()
-        await self.redis.aclose()
-        await self.database.dispose()
+def use(config: Settings) -> None:
+    """The settings every runtime of this process is made from."""
+    global _config
+    _config = config
 
 
 # A loop runs one thread's task at a time, and asyncpg connections, the Redis client and the
@@ -92,47 +72,55 @@ def retry_policy(config: Settings) -> RetryPolicy:
     )
 
 
+def make_runtime(config: Settings) -> Runtime:
+    """A runtime on a new event loop, set as this thread's loop."""
+    if not config.redis_url:
+        raise RuntimeError("MAILSVC_REDIS_URL is not set: the limits and breakers live in Redis")
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)  # per thread: code that asks for the loop finds this one
+    redis = breaker_redis(config.redis_url)  # Redis, whatever the broker is
+    breaker = RedisCircuitBreaker(
+        redis,
+        threshold=config.breaker_failure_threshold,
+        cooldown_seconds=config.breaker_cooldown_seconds,
+        cache_seconds=config.breaker_cache_seconds,
+    )
+    # Claims and outcomes wait for their WAL flush (by default), as accepts do: with
+    # synchronous_commit off, a PostgreSQL crash lost the last few hundred milliseconds of
+    # them, and every message whose claim or outcome was lost went out twice.
+    database = Database.from_url(
+        config.async_database_url,
+        pool_size=RUNTIME_POOL_SIZE,
+        synchronous_commit=config.worker_synchronous_commit,
+    )
+
+    async def load_limits() -> dict[str, RateLimitSpec]:
+        async with database.sessionmaker() as session:
+            return await RateLimitRepository(session).all()
+
+    limits = RateLimits(
+        config.rate_limits, load_limits, refresh_seconds=config.rate_limit_refresh_seconds
+    )
+    return Runtime(
+        loop=loop,
+        settings=config,
+        database=database,
+        redis=redis,
+        chain=ProviderChain(configured_transports(config), breaker),
+        policy=retry_policy(config),
+        throttle=Throttle(RateLimiter(redis), limits),
+        publish=publish_jobs,
+        queue_depths=queue_depths,
+    )
+
+
 def start() -> Runtime:
     """This thread's runtime, made unless it has an open one (stop() closes them all)."""
     current: Runtime | None = getattr(_thread, "runtime", None)
     if current is None or current.loop.is_closed():
-        loop = new_event_loop()
-        asyncio.set_event_loop(loop)  # per thread: code that asks for the loop finds this one
-        redis = breaker_redis(settings.redis_url or settings.effective_broker_url)
-        breaker = RedisCircuitBreaker(
-            redis,
-            threshold=settings.breaker_failure_threshold,
-            cooldown_seconds=settings.breaker_cooldown_seconds,
-            cache_seconds=settings.breaker_cache_seconds,
-        )
-        # Claims and outcomes wait for their WAL flush (by default), as accepts do: with
-        # synchronous_commit off, a PostgreSQL crash lost the last few hundred milliseconds of
-        # them, and every message whose claim or outcome was lost went out twice.
-        database = Database.from_url(
-            settings.async_database_url,
-            pool_size=RUNTIME_POOL_SIZE,
-            synchronous_commit=settings.worker_synchronous_commit,
-        )
-
-        async def load_limits() -> dict[str, RateLimitSpec]:
-            async with database.sessionmaker() as session:
-                return await RateLimitRepository(session).all()
-
-        current = _thread.runtime = Runtime(
-            loop=loop,
-            database=database,
-            redis=redis,
-            chain=ProviderChain(configured_transports(settings), breaker),
-            policy=retry_policy(settings),
-            throttle=Throttle(
-                RateLimiter(redis),
-                RateLimits(
-                    settings.rate_limits,
-                    load_limits,
-                    refresh_seconds=settings.rate_limit_refresh_seconds,
-                ),
-            ),
-        )
+        if _config is None:
+            raise RuntimeError("the worker's entry point did not call bridge.use(settings)")
+        current = _thread.runtime = make_runtime(_config)
         with _made_lock:
             _made.append(current)
     return current
@@ -141,6 +129,14 @@ def start() -> Runtime:
 def runtime() -> Runtime:
     """This thread's runtime: made at `worker_process_init` (prefork, solo) or on first use."""
     return start()
+
+
+class RuntimeTask(Task):  # type: ignore[misc]  # celery's Task is untyped
+    """The Celery app's task class: a task finds its thread's runtime as `self.runtime`."""
+
+    @property
+    def runtime(self) -> Runtime:
+        return start()
 
 
 def stop() -> None:

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Sequence
 import anyio
 
 from mailsvc.kit.outbox import Job
-from mailsvc.worker.app import celery_app
+from mailsvc.sending.lanes import batches
+from mailsvc.worker.app import celery_app, configured
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,11 @@ _RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1, "i
 def publish_jobs(jobs: Sequence[Job]) -> list[Job]:
     """Sends every job; returns the ones that could not be sent."""
     sent = 0
+    app = configured(celery_app)
     try:
-        with celery_app.producer_or_acquire() as producer:
+        with app.producer_or_acquire() as producer:
             for job in jobs:
-                celery_app.send_task(
+                app.send_task(
                     job.task,
                     kwargs=job.kwargs,
                     queue=job.queue,
@@ -62,8 +64,7 @@ def merge_jobs(jobs: Sequence[Job], *, max_ids: int) -> list[Job]:
         else:
             merged.append(job)
     for (task, queue), ids in pools.items():
-        for start in range(0, len(ids), max_ids):
-            merged.append(Job(task=task, queue=queue, kwargs={"ids": ids[start : start + max_ids]}))
+        merged += (Job(task, queue, {"ids": run}) for run in batches(ids, max_ids))
     return merged
 
 
@@ -117,7 +118,7 @@ class CoalescingPublisher:
 def queue_depths(names: Iterable[str]) -> dict[str, int]:
     """Messages waiting in each queue (not counting those a worker holds unacknowledged)."""
     depths: dict[str, int] = {}
-    with celery_app.connection_for_write() as connection:
+    with configured(celery_app).connection_for_write() as connection:
         for name in names:
             # A channel per queue: a passive declare of a queue that does not exist (an empty
             # Redis list has no key) fails and, on AMQP, closes the channel.

@@ -255,50 +255,76 @@ def _sender(payload: dict[str, Any]) -> str:
 
 
 def parse_send_email(body: bytes) -> SendEmail:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise BadRequest("The request body is not valid JSON.") from None
-    if not isinstance(payload, dict):
-        raise BadRequest("The request body must be a JSON object.")
+    payload = _json_object(body)
     content = payload.get("Content")
     if not isinstance(content, dict):
         raise BadRequest("Missing required parameter: Content")
     kinds = [kind for kind in ("Simple", "Raw", "Template") if content.get(kind) is not None]
     if len(kinds) != 1:
         raise BadRequest("Content must have exactly one of Simple, Raw or Template.")
+    destination = _destination(payload)
+    if kinds == ["Raw"]:
+        return _raw(payload, content["Raw"], destination.recipients)
+    if not destination.recipients:
+        raise BadRequest("Missing required parameter: Destination")
+    sender = _sender(payload)
+    if kinds == ["Template"]:
+        return _templated(sender, destination, content["Template"])
+    return _simple(sender, destination, content["Simple"])
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise BadRequest("The request body is not valid JSON.") from None
+    if not isinstance(payload, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return payload
+
+
+@dataclass(frozen=True)
+class _Destination:
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    bcc: tuple[str, ...]
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        return (*self.to, *self.cc, *self.bcc)
+
+
+def _destination(payload: dict[str, Any]) -> _Destination:
     destination = payload.get("Destination")
     if destination is None:
         destination = {}
     if not isinstance(destination, dict):
         raise BadRequest("Destination must be an object.")
-    to = _addresses(destination, "ToAddresses")
-    cc = _addresses(destination, "CcAddresses")
-    bcc = _addresses(destination, "BccAddresses")
+    return _Destination(
+        to=tuple(_addresses(destination, "ToAddresses")),
+        cc=tuple(_addresses(destination, "CcAddresses")),
+        bcc=tuple(_addresses(destination, "BccAddresses")),
+    )
 
-    if kinds == ["Raw"]:
-        return _raw(payload, content["Raw"], (*to, *cc, *bcc))
-    if not (to or cc or bcc):
-        raise BadRequest("Missing required parameter: Destination")
-    sender = _sender(payload)
-    if kinds == ["Template"]:
-        template = content["Template"]
-        if not isinstance(template, dict) or not any(
-            isinstance(template.get(key), str | dict) and template.get(key)
-            for key in ("TemplateName", "TemplateArn", "TemplateContent")
-        ):
-            raise BadRequest("Content.Template needs TemplateName, TemplateArn or TemplateContent.")
-        return SendEmail(
-            sender=sender,
-            recipients=(*to, *cc, *bcc),
-            subject=None,
-            message_id=None,
-            to=tuple(to),
-            cc=tuple(cc),
-            text=json.dumps(template, sort_keys=True),
-        )
 
-    simple = content["Simple"]
+def _templated(sender: str, destination: _Destination, template: object) -> SendEmail:
+    if not isinstance(template, dict) or not any(
+        isinstance(template.get(key), str | dict) and template.get(key)
+        for key in ("TemplateName", "TemplateArn", "TemplateContent")
+    ):
+        raise BadRequest("Content.Template needs TemplateName, TemplateArn or TemplateContent.")
+    return SendEmail(
+        sender=sender,
+        recipients=destination.recipients,
+        subject=None,
+        message_id=None,
+        to=destination.to,
+        cc=destination.cc,
+        text=json.dumps(template, sort_keys=True),
+    )
+
+
+def _simple(sender: str, destination: _Destination, simple: object) -> SendEmail:
     if not isinstance(simple, dict):
         raise BadRequest("Content.Simple must be an object.")
     subject = _data(simple.get("Subject"), "Content.Simple.Subject")
@@ -314,11 +340,11 @@ def parse_send_email(body: bytes) -> SendEmail:
     headers = _simple_headers(simple.get("Headers"))
     return SendEmail(
         sender=sender,
-        recipients=(*to, *cc, *bcc),
+        recipients=destination.recipients,
         subject=subject,
         message_id=next((v for k, v in headers if k.lower() == "message-id"), None),
-        to=tuple(to),
-        cc=tuple(cc),
+        to=destination.to,
+        cc=destination.cc,
         headers=tuple(headers),
         text=text,
         html=html,

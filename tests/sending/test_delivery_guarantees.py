@@ -12,7 +12,8 @@ import pytest
 from mailsvc.db import Database
 from mailsvc.devserver.fakes import FakeProviders
 from mailsvc.models import Tenant
-from tests.conftest import bearer, provider_env, service_env
+from tests.support.auth import bearer
+from tests.support.env import provider_env, service_env
 from tests.support.processes import eventually
 from tests.support.servers import TestServers
 from tests.support.stack import History, Services, history, worker_and_beat

@@ -15,7 +15,8 @@ from mailsvc.config import settings
 from mailsvc.devserver.embedded import EmbeddedRedis
 from mailsvc.models import Tenant
 from mailsvc.worker.app import celery_app, configure
-from tests.conftest import bearer, service_env
+from tests.support.auth import bearer
+from tests.support.env import service_env
 from tests.support.processes import eventually
 from tests.support.servers import TestServers
 from tests.support.stack import worker_and_beat

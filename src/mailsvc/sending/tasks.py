@@ -1,4 +1,10 @@
-"""Celery tasks of the messages domain. Thin: parse ids, run the service coroutine on the bridge."""
+"""Celery tasks of the sending domain. Thin: parse ids, run the coroutine on the runtime.
+
+Their names are wire names (`messages.send`, `emails.<template>`, `messages.dispatch_due` …):
+jobs already in the broker at a deploy carry them, so they stay as they are. They are shared
+tasks, bound to the worker's Celery app when it imports them; each finds the worker thread's
+runtime, and the settings the worker started with, through `runtime_of(self)`.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +14,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from celery import Task
+from celery import Task, shared_task
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailsvc.config import settings
 from mailsvc.db import database_unavailable, describe_outage
-from mailsvc.kit.logging import log_context
-from mailsvc.messages import sending, upkeep
-from mailsvc.messages.service import SEND_TASK, send_task_for
+from mailsvc.sending import pipeline, upkeep
+from mailsvc.sending.lanes import SEND_QUEUES, SEND_TASK, Lane, email_task
+from mailsvc.sending.runtime import Runtime, runtime_of
 from mailsvc.templates.builtin import BUILTIN_NAMES
-from mailsvc.worker import bridge, queues
-from mailsvc.worker.app import celery_app
-from mailsvc.worker.publish import queue_depths
 
 log = logging.getLogger(__name__)
 
@@ -38,28 +40,28 @@ TIME_LIMIT_MARGIN_SECONDS = 5.0
 
 def _send(self: Task, ids: list[str]) -> dict[str, int]:
     """Claim and deliver these messages; a duplicate or stale task claims nothing."""
-    runtime = bridge.runtime()
+    runtime = runtime_of(self)
+    config = runtime.settings
     started = time.monotonic()
-    soft_limit = settings.task_soft_time_limit_seconds
-    with log_context(task_id=self.request.id):
-        try:
-            report = runtime.run(
-                sending.deliver(
-                    runtime.database,
-                    runtime.chain,
-                    runtime.policy,
-                    [uuid.UUID(i) for i in ids],
-                    lease_seconds=settings.claim_lease_seconds,
-                    throttle=runtime.throttle,
-                    deadline=started + soft_limit - TIME_LIMIT_MARGIN_SECONDS,
-                    claim_wait_until=started + min(CLAIM_WAIT_SECONDS, soft_limit / 3),
-                )
+    soft_limit = config.task_soft_time_limit_seconds
+    try:
+        report = runtime.run(
+            pipeline.deliver(
+                runtime.database,
+                runtime.chain,
+                runtime.policy,
+                [uuid.UUID(i) for i in ids],
+                lease_seconds=config.claim_lease_seconds,
+                throttle=runtime.throttle,
+                deadline=started + soft_limit - TIME_LIMIT_MARGIN_SECONDS,
+                claim_wait_until=started + min(CLAIM_WAIT_SECONDS, soft_limit / 3),
             )
-        except Exception as exc:
-            if not database_unavailable(exc):
-                raise
-            # Nothing was sent. Celery logs the retry in one line.
-            raise self.retry(countdown=SEND_RETRY_COUNTDOWN_SECONDS, max_retries=None) from None
+        )
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
+        # Nothing was sent. Celery logs the retry in one line.
+        raise self.retry(countdown=SEND_RETRY_COUNTDOWN_SECONDS, max_retries=None) from None
     return {
         "claimed": report.claimed,
         "sent": report.sent,
@@ -71,7 +73,7 @@ def _send(self: Task, ids: list[str]) -> dict[str, int]:
     }
 
 
-send = celery_app.task(name=SEND_TASK, bind=True)(_send)
+send = shared_task(name=SEND_TASK, bind=True)(_send)
 
 
 def _email_task(template: str) -> Task:
@@ -82,8 +84,7 @@ def _email_task(template: str) -> Task:
 
     deliver_email.__name__ = deliver_email.__qualname__ = f"send_{template}"
     deliver_email.__doc__ = f"Claim and deliver {template} emails."
-    name = send_task_for(template, queues.TRANSACTIONAL)
-    task: Task = celery_app.task(name=name, bind=True)(deliver_email)
+    task: Task = shared_task(name=email_task(template), bind=True)(deliver_email)
     return task
 
 
@@ -102,32 +103,32 @@ def _unless_database_down(job: str, run: Callable[[], T], nothing: T) -> T:
         return nothing
 
 
-def _dispatch_rounds(runtime: bridge.Runtime) -> int:
+def _dispatch_rounds(runtime: Runtime) -> int:
     total = 0
+    limit = runtime.settings.sweep_batch_size
     # Several rounds per run, so a large backlog of due rows drains between beats.
     for _ in range(20):
         count = runtime.run(
-            runtime.in_transaction(
-                lambda session: upkeep.dispatch_due(session, limit=settings.sweep_batch_size)
-            )
+            runtime.in_transaction(lambda session: upkeep.dispatch_due(session, limit=limit))
         )
         total += count
-        if count < settings.sweep_batch_size:
+        if count < limit:
             break
     return total
 
 
-def _feed_bulk(runtime: bridge.Runtime) -> int:
+def _feed_bulk(runtime: Runtime) -> int:
     """Keep the bulk queue holding about `bulk_queue_target_batches`, at the pace of the limits.
 
     Each run releases at most what the preferred provider's limit (and each tenant's bulk
     limit) lets through until the next run, so a rate-limited backlog is not claimed only to be
     parked again.
     """
-    batch_size = settings.bulk_batch_size
-    waiting = queue_depths([queues.BULK])[queues.BULK] * batch_size
-    room = settings.bulk_queue_target_batches * batch_size - waiting
-    pace = settings.dispatch_interval_seconds
+    config = runtime.settings
+    batch_size = config.bulk_batch_size
+    waiting = runtime.queue_depths([Lane.bulk])[Lane.bulk] * batch_size
+    room = config.bulk_queue_target_batches * batch_size - waiting
+    pace = config.dispatch_interval_seconds
     limits = runtime.throttle.limits
 
     async def feed(session: AsyncSession) -> int:
@@ -137,7 +138,7 @@ def _feed_bulk(runtime: bridge.Runtime) -> int:
             allowed = min(allowed, int(provider_rate * pace) - waiting)
 
         async def tenant_budget(tenant_id: uuid.UUID) -> int | None:
-            rate = await limits.tenant_rate(tenant_id, queues.BULK)
+            rate = await limits.tenant_rate(tenant_id, Lane.bulk)
             return None if rate is None else max(1, int(rate * pace))
 
         return await upkeep.feed_bulk(
@@ -147,38 +148,49 @@ def _feed_bulk(runtime: bridge.Runtime) -> int:
     return runtime.run(runtime.in_transaction(feed))
 
 
-@celery_app.task(name="messages.dispatch_due")
-def dispatch_due() -> dict[str, int]:
+@shared_task(name="messages.dispatch_due", bind=True)
+def dispatch_due(self: Task) -> dict[str, int]:
     """Publish parked messages whose time has come, and keep the bulk queue topped up."""
-    runtime = bridge.runtime()
-    return _unless_database_down(
+    runtime = runtime_of(self)
+    done = _unless_database_down(
         "dispatch",
         lambda: {"due": _dispatch_rounds(runtime), "bulk": _feed_bulk(runtime)},
         {"due": 0, "bulk": 0},
     )
+    if any(done.values()):  # Celery's own lines for it are DEBUG (worker/logs.py)
+        log.info("dispatched %d due messages, fed %d to the bulk queue", done["due"], done["bulk"])
+    return done
 
 
-@celery_app.task(name="messages.sweep")
-def sweep() -> dict[str, Any]:
+@shared_task(name="messages.sweep", bind=True)
+def sweep(self: Task) -> dict[str, Any]:
     """Park again the messages a dead worker or a lost broker left behind."""
-    runtime = bridge.runtime()
+    runtime = runtime_of(self)
     return _unless_database_down("sweep", lambda: _sweep(runtime), {"skipped": True})
 
 
-def _sweep(runtime: bridge.Runtime) -> dict[str, Any]:
-    depths = queue_depths(queues.ALL_QUEUES)
+def _sweep(runtime: Runtime) -> dict[str, Any]:
+    config = runtime.settings
+    depths = runtime.queue_depths(SEND_QUEUES)
     report = runtime.run(
         runtime.in_transaction(
             lambda session: upkeep.sweep(
                 session,
                 depths=depths,
-                older_than_seconds=settings.sweep_after_seconds,
-                limit=settings.sweep_batch_size,
-                max_attempts=settings.retry_max_attempts,
+                older_than_seconds=config.sweep_after_seconds,
+                limit=config.sweep_batch_size,
+                max_attempts=config.retry_max_attempts,
             )
         )
     )
     dispatched = _dispatch_rounds(runtime) if report.expired_leases or report.lost else 0
+    if report.expired_leases or report.lost:
+        log.info(
+            "swept %d expired leases (%d failed) and %d messages the broker lost",
+            report.expired_leases,
+            report.failed,
+            report.lost,
+        )
     return {
         "expired_leases": report.expired_leases,
         "failed": report.failed,
@@ -188,25 +200,28 @@ def _sweep(runtime: bridge.Runtime) -> dict[str, Any]:
     }
 
 
-@celery_app.task(name="messages.expire_idempotency_keys")
-def expire_idempotency_keys() -> int:
+@shared_task(name="messages.expire_idempotency_keys", bind=True)
+def expire_idempotency_keys(self: Task) -> int:
     """Release Idempotency-Keys past their 24 h."""
-    runtime = bridge.runtime()
+    runtime = runtime_of(self)
     return _unless_database_down("idempotency key expiry", lambda: _expire_keys(runtime), 0)
 
 
-def _expire_keys(runtime: bridge.Runtime) -> int:
+def _expire_keys(runtime: Runtime) -> int:
     total = 0
+    config = runtime.settings
     while True:
         count = runtime.run(
             runtime.in_transaction(
                 lambda session: upkeep.expire_idempotency_keys(
                     session,
-                    ttl_hours=settings.idempotency_ttl_hours,
-                    limit=settings.sweep_batch_size,
+                    ttl_hours=config.idempotency_ttl_hours,
+                    limit=config.sweep_batch_size,
                 )
             )
         )
         total += count
-        if count < settings.sweep_batch_size:
+        if count < config.sweep_batch_size:
+            if total:
+                log.info("released %d expired Idempotency-Keys", total)
             return total

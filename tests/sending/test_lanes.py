@@ -9,16 +9,18 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
-import redis.asyncio as aioredis
 from sqlalchemy import func, select
 
 from mailsvc.db import Database
 from mailsvc.devserver.fakes import FakeProviders
 from mailsvc.models import Attempt, Message, Tenant
 from mailsvc.worker.app import celery_app
-from tests.conftest import bearer, provider_env, service_env
+from mailsvc.worker.publish import queue_depths
+from tests.support.auth import bearer
+from tests.support.env import provider_env, service_env
 from tests.support.processes import BEAT_READY, ServiceProcess, eventually, start_service
 from tests.support.servers import TestServers
 from tests.support.stack import start_worker
@@ -70,13 +72,17 @@ def subscribed(hostname: str) -> list[str]:
     return sorted(queue["name"] for queue in replies[hostname])
 
 
+async def waiting(queue: str) -> int:
+    """Jobs waiting in `queue`, as the broker counts them."""
+    return (await anyio.to_thread.run_sync(queue_depths, [queue]))[queue]
+
+
 async def test_each_role_takes_its_own_queues_and_only_those(
     env: dict[str, str],
     services: list[ServiceProcess],
     live_client: httpx.AsyncClient,
     live_tenant: Tenant,
     live_database: Database,
-    redis_client: aioredis.Redis,
     tmp_path: Path,
 ) -> None:
     logs = tmp_path / "logs"
@@ -109,7 +115,7 @@ async def test_each_role_takes_its_own_queues_and_only_those(
         sent = all(m.status == "sent" for m in by_lane["transactional"])
         handed = all(m.enqueued_at is not None for m in by_lane["bulk"])
         # The feeder publishes after its commit: wait for the job itself, not only the rows.
-        queued = await redis_client.llen("bulk") >= 1
+        queued = await waiting("bulk") >= 1
         return rows if sent and handed and queued else None
 
     # The bulk job sits in the bulk queue: the realtime worker never takes it.
@@ -134,7 +140,7 @@ async def test_each_role_takes_its_own_queues_and_only_those(
     )
 
     async def waiting_in_its_queue() -> bool:
-        return await redis_client.llen("transactional") == 1
+        return await waiting("transactional") == 1
 
     await eventually(waiting_in_its_queue, what="the urgent job in the transactional queue")
     async with live_database.sessionmaker() as session:

@@ -29,11 +29,13 @@ from mailsvc.delivery.errors import PermanentDeliveryError
 from mailsvc.delivery.message import OutgoingEmail
 from mailsvc.delivery.retry import RetryPolicy
 from mailsvc.delivery.smtp import SmtpConfig, SmtpTransport
-from mailsvc.delivery.transport import Accepted
-from mailsvc.messages import schemas, sending
-from mailsvc.messages.repository import AttemptRecord, DeliveryRepository, Outcome
+from mailsvc.delivery.transport import Receipt
+from mailsvc.messages import schemas
 from mailsvc.messages.service import accept_messages, templated_message
-from mailsvc.models import Attempt, Message, MessageEvent, Template, Tenant
+from mailsvc.models import Attempt, Message, MessageEvent, MessageStatus, Template, Tenant
+from mailsvc.sending import pipeline
+from mailsvc.sending.lanes import Lane
+from mailsvc.sending.repository import AttemptRecord, DeliveryRepository, Outcome
 from tests.factories import queue_messages
 from tests.support.processes import eventually
 from tests.support.servers import TestServers
@@ -56,7 +58,7 @@ async def test_delivers_a_batch_and_records_it_in_sets(
     ids = await queue_messages(session, tenant, 5)
     transport = smtp(controller)
 
-    report = await sending.deliver(database, transport, POLICY, ids, lease_seconds=60)
+    report = await pipeline.deliver(database, transport, POLICY, ids, lease_seconds=60)
     await transport.close()
 
     assert (report.claimed, report.sent, report.failed, report.stale) == (5, 5, 0, 0)
@@ -88,8 +90,8 @@ async def test_a_duplicate_task_claims_nothing(
     controller, outbox = smtp_sink
     ids = await queue_messages(session, tenant, 2)
     transport = smtp(controller)
-    first = await sending.deliver(database, transport, POLICY, ids, lease_seconds=60)
-    again = await sending.deliver(database, transport, POLICY, ids, lease_seconds=60)
+    first = await pipeline.deliver(database, transport, POLICY, ids, lease_seconds=60)
+    again = await pipeline.deliver(database, transport, POLICY, ids, lease_seconds=60)
     await transport.close()
     assert first.claimed == 2
     assert again.claimed == 0
@@ -144,7 +146,7 @@ async def test_a_batch_written_again_after_its_answer_was_lost_is_recorded_once(
     async with database.transaction() as tx:
         [claimed] = await DeliveryRepository(tx).claim([message_id], lease_seconds=60)
     outcome = Outcome(
-        message_id=message_id, attempt=claimed.attempt, status="sent", provider="smtp"
+        message_id=message_id, attempt=claimed.attempt, status=MessageStatus.sent, provider="smtp"
     )
     now = claimed.created_at + timedelta(seconds=1)
     attempt = AttemptRecord(message_id, 1, "smtp", now, now, "sent", None, None)
@@ -171,7 +173,7 @@ async def test_a_stale_claim_cannot_record_its_outcome(
     await session.commit()
     async with database.transaction() as tx:
         current = await DeliveryRepository(tx).record(
-            [Outcome(message_id=message_id, attempt=1, status="sent", provider="smtp")], []
+            [Outcome(message_id, 1, MessageStatus.sent, provider="smtp")], []
         )
     assert current == set()
     row = await session.get(Message, message_id, populate_existing=True)
@@ -185,7 +187,7 @@ class ExplodingTransport:
     def __init__(self) -> None:
         self.sent: list[OutgoingEmail] = []
 
-    async def send(self, message: OutgoingEmail) -> Accepted:
+    async def send(self, message: OutgoingEmail) -> Receipt:
         raise PermanentDeliveryError("smtp_550", "5.1.1 mailbox unavailable")
 
     async def close(self) -> None:
@@ -196,7 +198,7 @@ async def test_a_permanent_refusal_fails_the_message_with_its_reason(
     database: Database, session: AsyncSession, tenant: Tenant
 ) -> None:
     [message_id] = await queue_messages(session, tenant, 1)
-    report = await sending.deliver(
+    report = await pipeline.deliver(
         database, ProviderChain([ExplodingTransport()]), POLICY, [message_id], lease_seconds=60
     )
     assert report.failed == 1
@@ -220,7 +222,7 @@ async def test_a_message_that_cannot_be_built_fails_instead_of_crashing_the_task
     )
     await session.commit()
     transport = smtp(controller)
-    report = await sending.deliver(database, transport, POLICY, ids, lease_seconds=60)
+    report = await pipeline.deliver(database, transport, POLICY, ids, lease_seconds=60)
     await transport.close()
     assert (report.sent, report.failed) == (1, 1)
     broken = await session.get(Message, ids[0], populate_existing=True)
@@ -272,19 +274,21 @@ async def test_the_worker_renders_templated_messages_and_fails_those_that_cannot
         template="birthday",
         to=schemas.Address(email="ada@example.net", name="Ada"),
         variables={"contact": {"email": "ada@example.net", "name": "Ada", "attributes": {}}},
-        lane="scheduled",
+        lane=Lane.scheduled,
     )
     bad = templated_message(
         info,
         template="welcome",
         to=schemas.Address(email="bob@example.net"),
         variables={"contact": {"email": "bob@example.net", "name": None, "attributes": {}}},
-        lane="scheduled",
+        lane=Lane.scheduled,
     )
     await accept_messages(session, [good, bad])
     await session.commit()
     transport = smtp(controller)
-    report = await sending.deliver(database, transport, POLICY, [good.id, bad.id], lease_seconds=60)
+    report = await pipeline.deliver(
+        database, transport, POLICY, [good.id, bad.id], lease_seconds=60
+    )
     await transport.close()
 
     assert (report.claimed, report.sent, report.failed) == (2, 1, 1)
@@ -328,7 +332,7 @@ async def test_an_unrendered_message_is_rendered_again_when_it_is_retried(
         template="birthday",
         to=schemas.Address(email="ada@example.net", name="Ada"),
         variables={"contact": {"email": "ada@example.net", "name": "Ada", "attributes": {}}},
-        lane="scheduled",
+        lane=Lane.scheduled,
     )
     await accept_messages(session, [message])
     await session.commit()
@@ -340,7 +344,7 @@ async def test_an_unrendered_message_is_rendered_again_when_it_is_retried(
             Outcome(
                 message_id=message.id,
                 attempt=1,
-                status="retrying",
+                status=MessageStatus.retrying,
                 error_code="421",
                 error="try later",
                 not_before=first.created_at - timedelta(hours=1),  # due
@@ -350,7 +354,7 @@ async def test_an_unrendered_message_is_rendered_again_when_it_is_retried(
         [],
     )
     transport = smtp(controller)
-    report = await sending.deliver(database, transport, POLICY, [message.id], lease_seconds=60)
+    report = await pipeline.deliver(database, transport, POLICY, [message.id], lease_seconds=60)
     await transport.close()
     assert report.sent == 1
     [eml] = outbox.glob("*.eml")
@@ -374,7 +378,7 @@ class HeldSmtp:
         self.smtp = SmtpTransport(SmtpConfig(host="127.0.0.1", port=controller.port))
         self.gate = asyncio.Event()
 
-    async def send(self, message: OutgoingEmail) -> Accepted:
+    async def send(self, message: OutgoingEmail) -> Receipt:
         await self.gate.wait()
         return await self.smtp.send(message)
 
@@ -417,7 +421,7 @@ async def _attempts(database: Database, ids: Sequence[uuid.UUID]) -> list[tuple[
 
 
 async def _each_sent_once_and_recorded(
-    report: sending.DeliveryReport, database: Database, ids: Sequence[uuid.UUID], outbox: Path
+    report: pipeline.DeliveryReport, database: Database, ids: Sequence[uuid.UUID], outbox: Path
 ) -> None:
     count = len(ids)
     assert (report.claimed, report.sent, report.stale, report.unrecorded) == (count, count, 0, 0)
@@ -456,7 +460,7 @@ def _logged(caplog: pytest.LogCaptureFixture, level: int) -> list[tuple[object, 
         (r.msg, getattr(r, "fields", {}))
         for r in caplog.records
         if r.levelno >= level
-        and r.name == "mailsvc.messages.sending"
+        and r.name == "mailsvc.sending.pipeline"
         and r.msg != "message %s"  # a line per message recorded
     ]
 
@@ -474,7 +478,7 @@ async def test_outcomes_whose_connection_was_killed_are_written_on_a_fresh_one(
         ids = await queue_messages(tx, live_tenant, 5)
     transport = HeldSmtp(controller)
     delivery = asyncio.create_task(
-        sending.deliver(worker_database, ProviderChain([transport]), POLICY, ids, lease_seconds=60)
+        pipeline.deliver(worker_database, ProviderChain([transport]), POLICY, ids, lease_seconds=60)
     )
     await _claimed_and_held(live_database, ids, 5)
     async with live_database.autocommit() as admin:
@@ -514,7 +518,7 @@ async def test_outcomes_are_kept_through_a_database_crash_and_written_once_it_is
         ids = await queue_messages(tx, live_tenant, 5)
     transport = HeldSmtp(controller)
     delivery = asyncio.create_task(
-        sending.deliver(worker_database, ProviderChain([transport]), POLICY, ids, lease_seconds=60)
+        pipeline.deliver(worker_database, ProviderChain([transport]), POLICY, ids, lease_seconds=60)
     )
     await _claimed_and_held(live_database, ids, 5)
     await asyncio.to_thread(control.crash)
@@ -556,7 +560,7 @@ async def test_outcomes_the_database_never_takes_are_given_up_at_the_deadline(
         ids = await queue_messages(tx, live_tenant, 3)
     transport = HeldSmtp(controller)
     delivery = asyncio.create_task(
-        sending.deliver(
+        pipeline.deliver(
             worker_database,
             ProviderChain([transport]),
             POLICY,
@@ -601,7 +605,7 @@ async def test_a_providers_reply_that_postgresql_cannot_store_is_kept_readable(
                 Outcome(
                     message_id,
                     claimed.attempt,
-                    "failed",
+                    MessageStatus.failed,
                     "smtp",
                     error_code="smtp_550",
                     error=reply,

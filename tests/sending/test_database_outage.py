@@ -26,7 +26,8 @@ from mailsvc.db import Database
 from mailsvc.devserver.capture_smtp import CaptureHandler
 from mailsvc.devserver.embedded import free_port
 from mailsvc.models import Message, Tenant
-from tests.conftest import service_env, token
+from tests.support.auth import token
+from tests.support.env import service_env
 from tests.support.processes import eventually, start_service
 from tests.support.servers import TestServers
 from tests.support.stack import worker_and_beat
@@ -72,6 +73,7 @@ def gated_sink(tmp_path: Path) -> Iterator[tuple[Controller, GatedCapture, Path]
 
 @dataclass(frozen=True)
 class Answer:
+    label: str  # the request's Idempotency-Key, and what its body is made from
     sent_at: float  # time.time() when the request went out
     answered_at: float
     status: int | None  # None: no HTTP answer at all
@@ -85,6 +87,7 @@ async def _post(client: httpx.AsyncClient, label: str) -> Answer:
     try:
         response = await client.post(
             "/v1/messages",
+            headers={"Idempotency-Key": label},
             json={
                 "from": {"email": "hello@example.com"},
                 "to": [{"email": f"user-{label}@example.net"}],
@@ -93,12 +96,12 @@ async def _post(client: httpx.AsyncClient, label: str) -> Answer:
             },
         )
     except httpx.HTTPError as exc:
-        return Answer(started, time.time(), None, None, {}, repr(exc))
+        return Answer(label, started, time.time(), None, None, {}, repr(exc))
     try:
         body = response.json()
     except ValueError:
         body = None
-    return Answer(started, time.time(), response.status_code, body, dict(response.headers))
+    return Answer(label, started, time.time(), response.status_code, body, dict(response.headers))
 
 
 def _client(api: str, bearer: str) -> httpx.AsyncClient:
@@ -119,6 +122,16 @@ async def _traffic(api: str, bearer: str, name: str, stop: asyncio.Event) -> lis
 async def _burst(api: str, bearer: str) -> list[Answer]:
     async with _client(api, bearer) as client:
         return list(await asyncio.gather(*(_post(client, f"burst-{n}") for n in range(BURST))))
+
+
+async def _retry(api: str, bearer: str, answers: list[Answer]) -> list[Answer]:
+    """What a client does with a 503: the same request again, with the same Idempotency-Key.
+
+    A request whose COMMIT reached the disk as the database crashed, before its answer came
+    back, was answered 503 but is stored: its retry answers 200 with the message it made. The
+    others are made by their retry."""
+    async with _client(api, bearer) as client:
+        return [await _post(client, a.label) for a in answers if a.status != 202]
 
 
 def _arrivals(outbox: Path) -> dict[str, list[float]]:
@@ -195,10 +208,11 @@ async def test_a_database_crash_loses_nothing_sends_nothing_twice_and_recovers_i
                 control.ensure_running()
                 answers = [a for found in await asyncio.gather(*clients) for a in found] + burst
 
+            retried = await _retry(api, bearer, answers)
             accepted = {
                 str(a.body["message_id_header"]): a
-                for a in answers
-                if a.status == 202 and a.body is not None
+                for a in answers + retried
+                if a.status in (200, 202) and a.body is not None
             }
             ids = [uuid.UUID(str(a.body["id"])) for a in accepted.values() if a.body is not None]
 
@@ -245,6 +259,7 @@ async def test_a_database_crash_loses_nothing_sends_nothing_twice_and_recovers_i
         print(api_process.log()[-4000:])  # shown when the test fails
 
     unavailable = [a for a in answers if a.status == 503]
+    replayed = [a for a in retried if a.status == 200]
     # A message is done once it is at the sink and recorded sent. Those accepted before the
     # database came back and done after it went down are what the outage held.
     done_at = {m: max(arrivals[m][0], sent_at[m]) for m in accepted}  # all done: waited above
@@ -254,12 +269,15 @@ async def test_a_database_crash_loses_nothing_sends_nothing_twice_and_recovers_i
         if answer.answered_at <= back_at and done_at[m] > down_at
     }
     print(  # shown when the test fails
-        f"{len(answers)} requests: {len(accepted)} accepted, {len(unavailable)} answered 503; "
+        f"{len(answers)} requests: {len(accepted)} accepted, {len(unavailable)} answered 503 "
+        f"({len(replayed)} of them stored, their retry answered 200); "
         f"{len(held)} held by the outage, the last done {max(held.values(), default=0):.1f} s "
         "after the database's return"
     )
 
     assert [a for a in answers if a.status not in (202, 503)] == []
+    assert [a for a in retried if a.status not in (200, 202)] == []
+    assert len(accepted) == len({a.label for a in answers})  # each request made one message
     assert [a for a in unavailable if crashed_at <= a.sent_at <= back_at] != []
     for answer in unavailable:
         assert int(answer.headers["retry-after"]) >= 1

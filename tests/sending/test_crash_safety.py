@@ -16,8 +16,8 @@ from mailsvc.devserver.fakes import FakeProviders
 from mailsvc.kit.outbox import outbox_of
 from mailsvc.models import Message, Tenant
 from mailsvc.worker.publish import publish_jobs
-from tests.conftest import provider_env, service_env
 from tests.factories import queue_messages
+from tests.support.env import provider_env, service_env
 from tests.support.processes import eventually
 from tests.support.servers import TestServers
 from tests.support.stack import worker_and_beat

@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 from mailsvc.db import Database
 from mailsvc.devserver.fakes import FakeProviders
 from mailsvc.models import Tenant
-from tests.conftest import provider_env, service_env
-from tests.messages.test_delivery_guarantees import reaches, send, settled
+from tests.sending.test_delivery_guarantees import reaches, send, settled
+from tests.support.env import provider_env, service_env
 from tests.support.processes import eventually
 from tests.support.servers import TestServers
 from tests.support.stack import Services, worker_and_beat

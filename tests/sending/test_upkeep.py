@@ -12,11 +12,11 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.kit.outbox import Job, outbox_of
-from mailsvc.messages import upkeep
 from mailsvc.models import Message, Tenant
-from mailsvc.worker import queues
-from tests.conftest import TenantFactory
+from mailsvc.sending import upkeep
+from mailsvc.sending.lanes import RETRY_QUEUE, Lane
 from tests.factories import queue_messages
+from tests.support.auth import TenantFactory
 
 
 async def age(session: AsyncSession, ids: list[uuid.UUID], **columns: str) -> None:
@@ -59,8 +59,8 @@ async def test_dispatcher_publishes_parked_rows_that_are_due(
     assert found[later].enqueued_at is None
     by_queue = {job.queue: sorted(job.kwargs["ids"]) for job in jobs(session)}
     assert by_queue == {
-        queues.TRANSACTIONAL: sorted([str(due_queued), str(due_scheduled)]),
-        queues.RETRY: [str(due_retry)],
+        Lane.transactional: sorted([str(due_queued), str(due_scheduled)]),
+        RETRY_QUEUE: [str(due_retry)],
     }
     assert {job.task for job in jobs(session)} == {"messages.send"}
 
@@ -77,19 +77,19 @@ async def test_dispatcher_leaves_rows_that_are_in_the_broker(
 async def test_dispatcher_leaves_bulk_to_the_bulk_feeder(
     session: AsyncSession, tenant: Tenant
 ) -> None:
-    await queue_messages(session, tenant, 5, lane=queues.BULK)
+    await queue_messages(session, tenant, 5, lane=Lane.bulk)
     assert await upkeep.dispatch_due(session, limit=100) == 0
     assert jobs(session) == []
 
 
 async def test_the_bulk_feeder_hands_over_batches(session: AsyncSession, tenant: Tenant) -> None:
-    await queue_messages(session, tenant, 250, lane=queues.BULK)
+    await queue_messages(session, tenant, 250, lane=Lane.bulk)
     assert outbox_of(session).pending == []  # bulk waits parked
     assert await upkeep.feed_bulk(session, room=1000, batch_size=100) == 250
     assert [(job.queue, len(job.kwargs["ids"])) for job in jobs(session)] == [
-        (queues.BULK, 100),
-        (queues.BULK, 100),
-        (queues.BULK, 50),
+        (Lane.bulk, 100),
+        (Lane.bulk, 100),
+        (Lane.bulk, 50),
     ]
     assert await upkeep.feed_bulk(session, room=1000, batch_size=100) == 0
 
@@ -98,9 +98,9 @@ async def test_the_bulk_feeder_takes_tenants_in_turn(
     session: AsyncSession, tenant: Tenant, make_tenant: TenantFactory
 ) -> None:
     """A tenant with a big backlog does not get ahead of a small one: equal shares, interleaved."""
-    big = await queue_messages(session, tenant, 600, lane=queues.BULK)
+    big = await queue_messages(session, tenant, 600, lane=Lane.bulk)
     other = await make_tenant()
-    small = await queue_messages(session, other, 150, lane=queues.BULK)
+    small = await queue_messages(session, other, 150, lane=Lane.bulk)
     fed = await upkeep.feed_bulk(session, room=400, batch_size=100)
     assert fed == 200 + 150
     owner = {str(i): "big" for i in big} | {str(i): "small" for i in small}
@@ -111,7 +111,7 @@ async def test_the_bulk_feeder_takes_tenants_in_turn(
 
 
 async def test_the_bulk_feeder_respects_not_before(session: AsyncSession, tenant: Tenant) -> None:
-    ids = await queue_messages(session, tenant, 3, lane=queues.BULK)
+    ids = await queue_messages(session, tenant, 3, lane=Lane.bulk)
     await age(session, ids[:2], not_before="now() + interval '1 minute'")
     assert await upkeep.feed_bulk(session, room=1000, batch_size=100) == 1
 
@@ -161,7 +161,7 @@ async def test_sweeper_parks_enqueued_rows_the_broker_lost(
     await age(session, [old], enqueued_at="now() - interval '120 s'")
 
     report = await upkeep.sweep(
-        session, depths={queues.TRANSACTIONAL: 0}, older_than_seconds=60, limit=10, max_attempts=8
+        session, depths={Lane.transactional: 0}, older_than_seconds=60, limit=10, max_attempts=8
     )
 
     assert report.lost == 1
@@ -179,7 +179,7 @@ async def test_sweeper_trusts_a_queue_that_still_holds_messages(
 
     report = await upkeep.sweep(
         session,
-        depths={queues.TRANSACTIONAL: 5000},
+        depths={Lane.transactional: 5000},
         older_than_seconds=60,
         limit=10,
         max_attempts=8,

@@ -1,0 +1,1 @@
+"""Sending: the worker side of a message: dispatch, the staged pipeline, claim and record."""
