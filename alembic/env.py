@@ -9,7 +9,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from mailsvc.config import async_database_url, settings
+from mailsvc.config import Settings, async_database_url
 from mailsvc.models import Base
 
 config = context.config
@@ -17,7 +17,8 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    url = config.get_main_option("sqlalchemy.url") or settings.database_url
+    # `mailsvc db upgrade` names the database; a bare `alembic upgrade` reads the environment.
+    url = config.get_main_option("sqlalchemy.url") or Settings().database_url
     if not url:
         raise RuntimeError("no database URL: set MAILSVC_DATABASE_URL")
     return async_database_url(url)

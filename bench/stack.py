@@ -93,12 +93,11 @@ def start_stack(
 
 def use_stack(stack: Stack) -> None:
     """Point this process's publisher at the stack's Redis."""
-    from mailsvc.config import settings
+    from mailsvc.config import Settings
     from mailsvc.worker.app import celery_app, configure
 
-    settings.redis_url = stack.redis_url
     celery_app.close()
-    configure(celery_app, settings)
+    configure(celery_app, Settings(redis_url=stack.redis_url))
 
 
 def count_files(folder: Path) -> int:

@@ -25,11 +25,12 @@ from typing import Any
 from pydantic import SecretStr
 
 from bench.mime import DATE, SENDER, MessageInput, check_message
-from mailsvc.config import settings
+from mailsvc.config import Settings
 from mailsvc.delivery.message import Mailbox, OutgoingEmail
 from mailsvc.delivery.mime import build_mime
 from mailsvc.templates.builtin import BUILTIN_NAMES, sample_variables
 from mailsvc.templates.engine import Rendered
+from mailsvc.templates.links import set_link_settings, use_link_settings
 from mailsvc.templates.service import TemplateRenderer
 
 DISTINCT = 50
@@ -117,13 +118,11 @@ def _check(
 @contextmanager
 def _link_secret() -> Iterator[None]:
     """signed_link needs a secret; outside a configured service, lend it one."""
-    saved = settings.link_secret
-    if settings.link_secret is None and settings.jwt_secret is None:
-        settings.link_secret = SecretStr("bench-link-secret")
+    saved = use_link_settings(Settings(link_secret=SecretStr("bench-link-secret")))
     try:
         yield
     finally:
-        settings.link_secret = saved
+        set_link_settings(saved)
 
 
 def measure(

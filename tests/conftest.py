@@ -18,21 +18,22 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from aiosmtpd.controller import Controller
 from fastapi import FastAPI
-from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from mailsvc.app import create_app
 from mailsvc.auth.service import create_tenant
-from mailsvc.config import async_database_url, settings
+from mailsvc.config import Settings, async_database_url
 from mailsvc.db import Database, upgrade_database
 from mailsvc.devserver.capture_smtp import start_capture_server
 from mailsvc.devserver.embedded import free_port
 from mailsvc.devserver.fakes import FakeProviders
 from mailsvc.kit.logging import ContextFilter
 from mailsvc.models import Tenant
+from mailsvc.templates.links import use_link_settings
 from mailsvc.worker.app import celery_app, configure
 from tests.support.api import REQUEST_ID
 from tests.support.auth import TEST_DOMAIN, TenantFactory
+from tests.support.env import settings_for
 from tests.support.publish import RecordingPublisher
 from tests.support.servers import TestServers, test_servers
 
@@ -46,13 +47,19 @@ def _log_context_on_captured_records(caplog: pytest.LogCaptureFixture) -> None:
 @pytest.fixture(scope="session")
 def servers() -> Iterator[TestServers]:
     with test_servers() as found:
-        settings.database_url = found.database_url
-        settings.redis_url = found.redis_url
-        settings.jwt_secret = SecretStr(secrets.token_urlsafe(48))
-        settings.env = "test"
-        configure(celery_app, settings)
         upgrade_database(found.database_url)
+        # What an entry point does at its start, for the mailsvc code tests run in this process:
+        # the Celery app publishes to the test broker, links are signed with the run's secret.
+        config = settings_for(found)
+        configure(celery_app, config)
+        use_link_settings(config)
         yield found
+
+
+@pytest.fixture(scope="session")
+def test_settings(servers: TestServers) -> Settings:
+    """The settings the in-process API is made with."""
+    return settings_for(servers)
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -115,9 +122,12 @@ def published() -> RecordingPublisher:
 
 @pytest_asyncio.fixture
 async def app(
-    database: Database, redis_client: aioredis.Redis, published: RecordingPublisher
+    test_settings: Settings,
+    database: Database,
+    redis_client: aioredis.Redis,
+    published: RecordingPublisher,
 ) -> AsyncIterator[FastAPI]:
-    app = create_app(database=database, publish=published)
+    app = create_app(config=test_settings, database=database, publish=published)
     async with app.router.lifespan_context(app):
         yield app
 
@@ -183,10 +193,10 @@ async def live_tenant(live_database: Database) -> Tenant:
 
 @pytest_asyncio.fixture
 async def live_client(
-    live_database: Database, redis_client: aioredis.Redis
+    test_settings: Settings, live_database: Database, redis_client: aioredis.Redis
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The API in process over a committing database: what a worker process can see."""
-    app = create_app(database=live_database)
+    app = create_app(config=test_settings, database=live_database)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(

@@ -19,17 +19,20 @@ from fastapi import FastAPI
 from mailsvc.app import create_app
 from mailsvc.auth.scopes import ALL_SCOPES
 from mailsvc.auth.tokens import issue_token
-from mailsvc.config import async_database_url
+from mailsvc.config import Settings, async_database_url
 from mailsvc.db import Database, database_unavailable
 from mailsvc.devserver.embedded import free_port
 from tests.support.api import REQUEST_ID, problem
+from tests.support.auth import SIGNING
 from tests.support.operations import OPERATIONS, Operation
 from tests.support.publish import RecordingPublisher
 from tests.support.servers import TestServers
 
 
 def _headers() -> dict[str, str]:
-    token = issue_token(tenant_id=uuid.uuid4(), scopes=ALL_SCOPES, ttl=timedelta(minutes=5))
+    token = issue_token(
+        tenant_id=uuid.uuid4(), scopes=ALL_SCOPES, ttl=timedelta(minutes=5), config=SIGNING
+    )
     return {
         "Authorization": f"Bearer {token}",
         "Content-Type": "application/json",
@@ -50,11 +53,13 @@ async def hang_up_server() -> AsyncIterator[int]:
     await server.wait_closed()
 
 
-async def _app_on(port: int, redis_client: aioredis.Redis) -> AsyncIterator[httpx.AsyncClient]:
+async def _app_on(
+    config: Settings, port: int, redis_client: aioredis.Redis
+) -> AsyncIterator[httpx.AsyncClient]:
     database = Database.from_url(
         f"postgresql+asyncpg://postgres@127.0.0.1:{port}/mailsvc", pool_size=1
     )
-    app = create_app(database=database, publish=RecordingPublisher())
+    app = create_app(config=config, database=database, publish=RecordingPublisher())
     try:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
@@ -69,13 +74,13 @@ async def test_postgresql_down_is_503_with_retry_after_for_every_operation(
     down: str,
     hang_up_server: int,
     redis_client: aioredis.Redis,
-    servers: TestServers,
+    test_settings: Settings,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     port = free_port() if down == "refused" else hang_up_server
     headers = _headers()
     with caplog.at_level(logging.INFO):
-        async for client in _app_on(port, redis_client):
+        async for client in _app_on(test_settings, port, redis_client):
             for operation in OPERATIONS:
                 caplog.clear()
                 response = await _call(client, operation, headers)
@@ -106,9 +111,12 @@ async def _call(
 
 
 async def test_a_bug_is_one_500_and_one_traceback(
-    database: Database, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+    test_settings: Settings,
+    database: Database,
+    redis_client: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    app: FastAPI = create_app(database=database, publish=RecordingPublisher())
+    app: FastAPI = create_app(config=test_settings, database=database, publish=RecordingPublisher())
 
     async def broken() -> None:
         raise KeyError("a bug")

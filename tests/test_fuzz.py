@@ -23,6 +23,7 @@ from mailsvc.auth.scopes import ALL_SCOPES
 from mailsvc.auth.tokens import issue_token
 from mailsvc.db import Database
 from mailsvc.models import Tenant
+from tests.support.auth import SIGNING
 from tests.support.servers import TestServers
 from tests.support.stack import api_process
 
@@ -53,7 +54,9 @@ def _requests_made(report: Path) -> int:
 async def test_generated_requests_find_no_server_error_and_nothing_undocumented(
     servers: TestServers, live_tenant: Tenant, live_database: Database, tmp_path: Path
 ) -> None:
-    token = issue_token(tenant_id=live_tenant.id, scopes=ALL_SCOPES, ttl=timedelta(hours=2))
+    token = issue_token(
+        tenant_id=live_tenant.id, scopes=ALL_SCOPES, ttl=timedelta(hours=2), config=SIGNING
+    )
     # Generated requests come fast: the tenant's API limit would answer most of them 429.
     limit = json.dumps({"per_second": 1_000_000, "burst": 1_000_000})
     with api_process(servers, tmp_path / "logs", MAILSVC_API_RATE_LIMIT=limit) as api:

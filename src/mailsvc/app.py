@@ -22,7 +22,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from mailsvc import __version__
 from mailsvc.auth.service import TenantCache
-from mailsvc.config import RateLimitSpec, Settings, settings
+from mailsvc.config import RateLimitSpec, Settings
 from mailsvc.contacts.endpoints import router as contacts_router
 from mailsvc.db import Database, database_unavailable, describe_outage
 from mailsvc.errors import MailsvcError, Problem, problem
@@ -41,6 +41,7 @@ from mailsvc.routing import RATE_LIMIT_HEADERS, ApiRoute
 from mailsvc.schedules.endpoints import router as schedules_router
 from mailsvc.templates.endpoints import links_router
 from mailsvc.templates.endpoints import router as templates_router
+from mailsvc.templates.links import use_link_settings
 from mailsvc.worker.app import celery_app, configure
 from mailsvc.worker.publish import CoalescingPublisher
 
@@ -207,9 +208,10 @@ def create_app(
     database: Database | None = None,
     publish: Publisher | None = None,
 ) -> FastAPI:
-    """The API, on `config` (by default the settings the process read from its environment).
+    """The API, on `config` (by default the MAILSVC_* environment, read here).
     Tests pass their own database (a rolled-back connection) and publisher."""
-    config = config or settings
+    config = config or Settings()  # the entry point reads the environment, once, here
+    use_link_settings(config)  # links are signed in rendering, verified at /v1/links/verify
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

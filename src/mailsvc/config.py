@@ -60,8 +60,6 @@ class Settings(BaseSettings):
     # -- api limits -------------------------------------------------------------------------
     max_body_bytes: int = 1024 * 1024
     max_batch_body_bytes: int = 16 * 1024 * 1024  # POST /v1/messages/batch: up to 500 messages
-    max_recipients: int = 50
-    page_size_max: int = 100
     # Each tenant's API requests, in every API process together; `mailsvc limits set
     # api:tenant:<id>` overrides it for one tenant, `api` for all. Not applied while Redis is down.
     api_rate_limit: RateLimitSpec = Field(
@@ -174,6 +172,3 @@ class Settings(BaseSettings):
     @property
     def json_logs(self) -> bool:
         return self.env == "prod" if self.log_json is None else self.log_json
-
-
-settings = Settings()

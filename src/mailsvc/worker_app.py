@@ -8,6 +8,7 @@ from celery import Celery
 import mailsvc.schedules.tasks
 import mailsvc.sending.tasks  # noqa: F401
 from mailsvc.config import Settings
+from mailsvc.templates.links import use_link_settings
 from mailsvc.worker import bridge, logs  # both connect Celery signals
 from mailsvc.worker.app import celery_app, configure
 
@@ -16,5 +17,6 @@ def worker_app(config: Settings) -> Celery:
     """The Celery app for a worker or beat started with `config`."""
     configure(celery_app, config)
     bridge.use(config)
+    use_link_settings(config)  # the render stage signs links
     logs.install()
     return celery_app

@@ -7,7 +7,6 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,10 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from mailsvc.config import settings
+from mailsvc.config import Settings
 from mailsvc.models import Tenant
 from tests.support.api import REQUEST_ID
-from tests.support.auth import token
+from tests.support.auth import JWT_SECRET, token
 
 
 def claims(owner: Tenant, **overrides: Any) -> dict[str, Any]:
@@ -39,8 +38,7 @@ def claims(owner: Tenant, **overrides: Any) -> dict[str, Any]:
 
 
 def hs256(payload: dict[str, Any], key: str | None = None) -> str:
-    assert settings.jwt_secret is not None
-    return jwt.encode(payload, key or settings.jwt_secret.get_secret_value(), algorithm="HS256")
+    return jwt.encode(payload, key or JWT_SECRET, algorithm="HS256")
 
 
 async def call(client: httpx.AsyncClient, token_value: str | None) -> httpx.Response:
@@ -120,8 +118,7 @@ async def test_unknown_tenant(client: httpx.AsyncClient, tenant: Tenant) -> None
 
 
 async def test_hs384_not_configured(client: httpx.AsyncClient, tenant: Tenant) -> None:
-    assert settings.jwt_secret is not None
-    forged = jwt.encode(claims(tenant), settings.jwt_secret.get_secret_value(), algorithm="HS384")
+    forged = jwt.encode(claims(tenant), JWT_SECRET, algorithm="HS384")
     response = await call(client, forged)
     assert response.status_code == 401
     assert response.json() == unauthorized("token algorithm 'HS384' is not accepted")
@@ -136,15 +133,14 @@ async def test_admin_scope_implies_the_others(client: httpx.AsyncClient, tenant:
 
 
 @pytest.fixture
-def rsa_keys() -> Iterator[rsa.RSAPrivateKey]:
+def rsa_keys(test_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> rsa.RSAPrivateKey:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
     jwk.update(kid="k1", alg="RS256", use="sig")
-    saved = (settings.jwt_algorithms, settings.jwt_public_keys)
-    settings.jwt_algorithms = ["HS256", "RS256"]
-    settings.jwt_public_keys = json.dumps({"keys": [jwk]})
-    yield key
-    settings.jwt_algorithms, settings.jwt_public_keys = saved
+    # The app's settings (the `client` fixture's app holds this object).
+    monkeypatch.setattr(test_settings, "jwt_algorithms", ["HS256", "RS256"])
+    monkeypatch.setattr(test_settings, "jwt_public_keys", json.dumps({"keys": [jwk]}))
+    return key
 
 
 async def test_rs256_from_jwks(

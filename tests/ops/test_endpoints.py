@@ -9,7 +9,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from mailsvc.config import settings
+from mailsvc.config import Settings
 from mailsvc.devserver.embedded import free_port
 from mailsvc.models import Tenant
 from tests.support.auth import bearer
@@ -28,9 +28,13 @@ async def test_metrics_are_not_served_on_the_api_port_without_a_token_setting(
 
 
 async def test_metrics_need_the_metrics_token(
-    client: httpx.AsyncClient, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient,
+    tenant: Tenant,
+    test_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(settings, "metrics_token", SecretStr("scrape-me"))
+    # The app's settings (the `client` fixture's app holds this object).
+    monkeypatch.setattr(test_settings, "metrics_token", SecretStr("scrape-me"))
     for headers in (
         {},
         bearer(tenant),

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.app import create_app
-from mailsvc.config import RateLimitSpec, settings
+from mailsvc.config import RateLimitSpec, Settings
 from mailsvc.db import Database
 from mailsvc.devserver.embedded import free_port
 from mailsvc.models import Tenant
@@ -97,13 +97,17 @@ async def test_a_refused_request_is_refused_before_its_body_is_read(
 
 
 async def test_every_api_process_shares_the_bucket(
-    database: Database, redis_client: aioredis.Redis, tenant: Tenant, session: AsyncSession
+    test_settings: Settings,
+    database: Database,
+    redis_client: aioredis.Redis,
+    tenant: Tenant,
+    session: AsyncSession,
 ) -> None:
     await limit(session, tenant, per_second=1, burst=4)
     statuses = []
     apps = [
-        create_app(database=database, publish=RecordingPublisher()),
-        create_app(database=database, publish=RecordingPublisher()),
+        create_app(config=test_settings, database=database, publish=RecordingPublisher()),
+        create_app(config=test_settings, database=database, publish=RecordingPublisher()),
     ]
     async with apps[0].router.lifespan_context(apps[0]), apps[1].router.lifespan_context(apps[1]):
         for index in range(6):
@@ -117,17 +121,13 @@ async def test_every_api_process_shares_the_bucket(
 # -- Redis down: accepting mail matters more -----------------------------------------------------
 
 
-@pytest.fixture
-def redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nothing listens on this port: the limiter's Redis is down."""
-    monkeypatch.setattr(settings, "redis_url", f"redis://127.0.0.1:{free_port()}/0")
-
-
 @pytest_asyncio.fixture
 async def app_without_redis(
-    redis_url: None, database: Database, redis_client: aioredis.Redis
+    test_settings: Settings, database: Database, redis_client: aioredis.Redis
 ) -> AsyncIterator[FastAPI]:
-    app = create_app(database=database, publish=RecordingPublisher())
+    # Nothing listens on this port: the limiter's Redis is down.
+    config = test_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    app = create_app(config=config, database=database, publish=RecordingPublisher())
     async with app.router.lifespan_context(app):
         yield app
 
@@ -153,7 +153,7 @@ async def test_with_redis_down_nothing_is_limited(
 
 
 async def test_a_redis_that_hangs_is_asked_once_then_left_alone(
-    monkeypatch: pytest.MonkeyPatch,
+    test_settings: Settings,
     database: Database,
     redis_client: aioredis.Redis,
     tenant: Tenant,
@@ -170,8 +170,8 @@ async def test_a_redis_that_hangs_is_asked_once_then_left_alone(
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    monkeypatch.setattr(settings, "redis_url", f"redis://127.0.0.1:{port}/0")
-    app = create_app(database=database, publish=RecordingPublisher())
+    config = test_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+    app = create_app(config=config, database=database, publish=RecordingPublisher())
     try:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)

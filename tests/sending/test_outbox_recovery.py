@@ -11,7 +11,7 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
-from mailsvc.config import settings
+from mailsvc.config import Settings
 from mailsvc.devserver.embedded import EmbeddedRedis
 from mailsvc.models import Tenant
 from mailsvc.worker.app import celery_app, configure
@@ -25,18 +25,16 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+def own_broker(tmp_path: Path, test_settings: Settings) -> Iterator[EmbeddedRedis]:
     """A Redis this test may stop and start; the in-process API publishes to it meanwhile."""
     broker = EmbeddedRedis(tmp_path / "broker", persist=False)
-    saved = settings.redis_url
-    settings.redis_url = broker.start()
+    url = broker.start()
     celery_app.close()  # drop pooled connections to the previous broker
-    configure(celery_app, settings)
+    configure(celery_app, test_settings.model_copy(update={"redis_url": url}))
     yield broker
     broker.stop()
-    settings.redis_url = saved
     celery_app.close()
-    configure(celery_app, settings)
+    configure(celery_app, test_settings)
 
 
 async def test_accepted_while_redis_is_down_is_delivered_once_it_is_back(

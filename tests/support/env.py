@@ -4,18 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailsvc.config import Settings, settings
+from pydantic import SecretStr
+
+from mailsvc.config import Settings
 from mailsvc.devserver.fakes import FakeProviders
+from tests.support.auth import JWT_SECRET
 from tests.support.servers import TestServers
+
+
+def settings_for(servers: TestServers, **overrides: Any) -> Settings:
+    """The settings of mailsvc code a test runs in its own process (the app factory's, …)."""
+    return Settings(
+        **{
+            "database_url": servers.database_url,
+            "redis_url": servers.redis_url,
+            "jwt_secret": SecretStr(JWT_SECRET),
+            "env": "test",
+            **overrides,
+        }
+    )
 
 
 def service_env(servers: TestServers, **overrides: str) -> dict[str, str]:
     """Environment for a mailsvc process started by a test."""
-    assert settings.jwt_secret is not None
     env = {
         "MAILSVC_DATABASE_URL": servers.database_url,
         "MAILSVC_REDIS_URL": servers.redis_url,
-        "MAILSVC_JWT_SECRET": settings.jwt_secret.get_secret_value(),
+        "MAILSVC_JWT_SECRET": JWT_SECRET,
         "MAILSVC_ENV": "test",
         "MAILSVC_LOG_LEVEL": "INFO",
         "MAILSVC_SMTP_HOST": "127.0.0.1",

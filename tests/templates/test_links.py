@@ -12,11 +12,10 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-from pydantic import SecretStr
 
-from mailsvc.config import settings
 from mailsvc.kit.signing import derive_key
 from mailsvc.templates.links import InvalidLink, sign_link, verify_link
+from tests.templates.conftest import LINK_SECRET, sign_with
 
 NOW = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 TTL = timedelta(hours=48)
@@ -97,17 +96,16 @@ def test_tampered_token_parts() -> None:
             verify(url)
 
 
-def test_another_secret_does_not_verify(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_another_secret_does_not_verify() -> None:
     link = signed()
-    monkeypatch.setattr(settings, "link_secret", SecretStr("another secret"))
+    sign_with(link_secret="another secret")
 
     with pytest.raises(InvalidLink, match="signature does not match"):
         verify(link)
 
 
-def test_falls_back_to_the_jwt_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(settings, "link_secret", None)
-    monkeypatch.setattr(settings, "jwt_secret", SecretStr("jwt secret"))
+def test_falls_back_to_the_jwt_secret() -> None:
+    sign_with(link_secret=None, jwt_secret="jwt secret")
 
     assert verify(signed()) == "ada@example.net"
 
@@ -177,8 +175,7 @@ def test_a_mac_made_for_another_purpose_does_not_verify() -> None:
     email, expires, _ = token_of(link).split(".")
     canonical = "https://app.example.com/confirm?user=42&next=%2Fhome"
     message = json.dumps(["ada@example.net", canonical, int(expires)], separators=(",", ":"))
-    assert settings.link_secret is not None
-    secret = settings.link_secret.get_secret_value().encode()
+    secret = LINK_SECRET.encode()
     for purpose, verifies in (("link", True), ("unsubscribe", False)):
         mac = hmac.new(derive_key(secret, TENANT, purpose), message.encode(), hashlib.sha256)
         forged_token = f"{email}.{expires}.{_b64(mac.digest())}"
@@ -194,20 +191,20 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def test_the_previous_secret_verifies_during_a_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(settings, "link_secret", SecretStr("old secret"))
+def test_the_previous_secret_verifies_during_a_rotation() -> None:
+    sign_with(link_secret="old secret")
     before = signed()
-    monkeypatch.setattr(settings, "link_secret", SecretStr("new secret"))
+    sign_with(link_secret="new secret")
     after = signed()
 
     with pytest.raises(InvalidLink, match="signature does not match"):
         verify(before)  # rotated without a grace period: the old links stop
-    monkeypatch.setattr(settings, "link_secret_previous", SecretStr("old secret"))
+    sign_with(link_secret="new secret", link_secret_previous="old secret")
     assert verify(before) == "ada@example.net"
     assert verify(after) == "ada@example.net"
     with pytest.raises(InvalidLink, match="signature does not match"):
         verify(before, tenant=OTHER_TENANT)  # the grace period is per tenant too
-    monkeypatch.setattr(settings, "link_secret_previous", None)
+    sign_with(link_secret="new secret")
     with pytest.raises(InvalidLink, match="signature does not match"):
         verify(before)
 

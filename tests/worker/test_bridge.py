@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from mailsvc.config import async_database_url, settings
+from mailsvc.config import Settings, async_database_url
 from mailsvc.models import Tenant
 from mailsvc.sending.runtime import Runtime
 from mailsvc.worker import bridge
@@ -30,8 +30,8 @@ from tests.support.stack import start_worker
 
 
 @pytest.fixture
-def worker_settings() -> Iterator[None]:
-    bridge.use(settings.model_copy(update={"smtp_host": "127.0.0.1"}))  # it needs a provider
+def worker_settings(test_settings: Settings) -> Iterator[None]:
+    bridge.use(test_settings.model_copy(update={"smtp_host": "127.0.0.1"}))  # it needs a provider
     yield
     bridge.stop()  # whatever a failed assertion left open
 
@@ -132,12 +132,14 @@ def test_two_threads_run_tasks_at_once_each_on_its_own_runtime(servers: TestServ
 @pytest.mark.usefixtures("worker_settings")
 @pytest.mark.parametrize(("durable", "expected"), [(True, "on"), (False, "off")])
 def test_workers_commit_synchronously_unless_told_otherwise(
-    servers: TestServers, durable: bool, expected: str
+    test_settings: Settings, durable: bool, expected: str
 ) -> None:
     """A worker's claims and outcomes wait for the WAL flush: a PostgreSQL crash loses none of
     them (MAILSVC_WORKER_SYNCHRONOUS_COMMIT=false trades that for throughput)."""
     bridge.use(
-        settings.model_copy(update={"smtp_host": "127.0.0.1", "worker_synchronous_commit": durable})
+        test_settings.model_copy(
+            update={"smtp_host": "127.0.0.1", "worker_synchronous_commit": durable}
+        )
     )
 
     async def setting(runtime: Runtime) -> str:
@@ -161,10 +163,11 @@ CONCURRENCY = 4
 
 
 @pytest.fixture
-def one_id_per_task(monkeypatch: pytest.MonkeyPatch) -> None:
+def one_id_per_task(test_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     # The API merges the ids it publishes within a few ms into one task. One id per task makes
-    # 40 tasks, which the worker's four threads take four at a time.
-    monkeypatch.setattr(settings, "publish_max_ids", 1)
+    # 40 tasks, which the worker's four threads take four at a time. (Before live_client: its
+    # app reads the settings at its start.)
+    monkeypatch.setattr(test_settings, "publish_max_ids", 1)
 
 
 @pytest.fixture(params=["threads", "solo"])

@@ -30,7 +30,7 @@ def bearer_claims(request: Request) -> Claims:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("an Authorization: Bearer token is required")
-    claims = verify_token(token.strip())
+    claims = verify_token(token.strip(), request.app.state.settings)
     request.state.claims = claims
     return claims
 

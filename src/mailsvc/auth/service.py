@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.auth.repository import TenantRepository
 from mailsvc.auth.tokens import issue_token
-from mailsvc.config import Settings, settings
+from mailsvc.config import Settings
 from mailsvc.errors import Conflict, NotFound, ValidationFailed
 from mailsvc.kit.addresses import normalise_email
 from mailsvc.kit.headers import unsafe_character
@@ -109,7 +109,7 @@ async def token_for_tenant(
     tenant_name: str,
     scopes: Iterable[str],
     ttl: timedelta,
-    config: Settings = settings,
+    config: Settings,
 ) -> str:
     tenant = await TenantRepository(session).get_by_name(tenant_name)
     if tenant is None:

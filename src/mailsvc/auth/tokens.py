@@ -18,7 +18,7 @@ from typing import Any
 import jwt
 from jwt import PyJWK, PyJWKSet
 
-from mailsvc.config import Settings, settings
+from mailsvc.config import Settings
 from mailsvc.errors import Unauthorized
 from mailsvc.kit.time import utcnow
 
@@ -41,7 +41,7 @@ def issue_token(
     scopes: Iterable[str],
     ttl: timedelta,
     subject: str = "cli",
-    config: Settings = settings,
+    config: Settings,
 ) -> str:
     if config.jwt_secret is None:
         raise RuntimeError("MAILSVC_JWT_SECRET is not set: cannot sign a token")
@@ -99,7 +99,7 @@ def _fingerprint(config: Settings) -> int:
     )
 
 
-def verify_token(token: str, config: Settings = settings) -> Claims:
+def verify_token(token: str, config: Settings) -> Claims:
     key = (token, _fingerprint(config))
     hit = _verified.get(key)
     if hit is not None and hit[0] + config.jwt_leeway_seconds > time.time():

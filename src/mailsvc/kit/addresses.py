@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from email_validator import EmailNotValidError, validate_email
 
+# To, cc and bcc of one message together (and a weekly report's recipients): part of the API's
+# contract, as the other sizes are, so clients can rely on it.
+MAX_RECIPIENTS = 50
+
 
 def normalise_email(value: str) -> str:
     """A valid address in ASCII form: IDN domains become punycode.

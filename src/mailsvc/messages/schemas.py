@@ -17,8 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from mailsvc.config import settings
-from mailsvc.kit.addresses import normalise_email
+from mailsvc.kit.addresses import MAX_RECIPIENTS, normalise_email
 from mailsvc.kit.headers import MAX_HEADER_VALUE_CHARS, HeaderName, HeaderText, HeaderValue
 
 Priority = Literal["high", "normal", "low"]
@@ -103,10 +102,9 @@ class MessageCreate(BaseModel):
         if self.template is None and self.variables is not None:
             raise ValueError("variables are for a template: give template too")
         count = self.recipient_count()
-        if count > settings.max_recipients:
+        if count > MAX_RECIPIENTS:
             raise ValueError(
-                f"at most {settings.max_recipients} recipients (to, cc and bcc together); "
-                f"got {count}"
+                f"at most {MAX_RECIPIENTS} recipients (to, cc and bcc together); got {count}"
             )
         return self
 

@@ -8,13 +8,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from mailsvc.kit.addresses import normalise_email
+from mailsvc.kit.addresses import MAX_RECIPIENTS, normalise_email
 from mailsvc.kit.time import check_time_zone
 from mailsvc.schedules import timing
 from mailsvc.schedules.repository import EffectiveSchedule
 
 ScheduleName = Literal["birthday", "activation_reminder", "weekly_report"]
-MAX_RECIPIENTS = 50
 TEMPLATE_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 
 

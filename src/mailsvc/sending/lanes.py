@@ -11,7 +11,7 @@ from typing import Final, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailsvc.kit.outbox import enqueue
+from mailsvc.kit.outbox import Job, enqueue
 from mailsvc.models import MessageStatus
 from mailsvc.templates.builtin import is_builtin
 
@@ -99,6 +99,21 @@ def in_turn(groups: Iterable[list[T]], size: int) -> Iterator[list[T]]:
         yield from (run for run in round_of_runs if run is not None)
 
 
+def send_jobs(
+    entries: Iterable[tuple[str, str, Hashable, str]], ids_per_job: Callable[[str], int]
+) -> list[Job]:
+    """The send jobs for (task, queue, turn key, message id) entries: ids go by task and queue,
+    `ids_per_job(queue)` to a job, each turn key's in turn (A, B, C, A, B, C…)."""
+    pools: dict[tuple[str, str], dict[Hashable, list[str]]] = {}
+    for task, queue, key, message_id in entries:
+        pools.setdefault((task, queue), {}).setdefault(key, []).append(message_id)
+    return [
+        Job(task, queue, {"ids": ids})
+        for (task, queue), groups in pools.items()
+        for ids in in_turn(groups.values(), ids_per_job(queue))
+    ]
+
+
 def enqueue_sends(
     session: AsyncSession,
     messages: Iterable[S],
@@ -112,12 +127,14 @@ def enqueue_sends(
     default the dispatcher's size for the queue). With `in_turn_by` (a tenant), the jobs of a
     queue take that key's groups in turn, so one group's backlog cannot get ahead of another's.
     """
-    jobs: dict[tuple[str, str], dict[Hashable, list[str]]] = {}
-    for message in messages:
+
+    def entry(message: S) -> tuple[str, str, Hashable, str]:
         queue = queue_for(message.lane, message.status)
-        groups = jobs.setdefault((send_task_for(message.template, queue), queue), {})
         key = in_turn_by(message) if in_turn_by is not None else None
-        groups.setdefault(key, []).append(str(message.id))
-    for (task, queue), groups in jobs.items():
-        for ids in in_turn(groups.values(), ids_per_job or DISPATCH_BATCH[queue]):
-            enqueue(session, task, queue=queue, ids=ids)
+        return send_task_for(message.template, queue), queue, key, str(message.id)
+
+    def size(queue: str) -> int:
+        return ids_per_job or DISPATCH_BATCH[queue]
+
+    for job in send_jobs(map(entry, messages), size):
+        enqueue(session, job.task, queue=job.queue, **job.kwargs)

@@ -8,6 +8,9 @@ the address, the target nor the lifetime can be changed without the key. The key
 tenant's, derived for the purpose "link" (kit.signing), so one tenant's link never verifies for
 another tenant. The secret is MAILSVC_LINK_SECRET, or the JWT secret when that is unset;
 MAILSVC_LINK_SECRET_PREVIOUS keeps links signed before a rotation valid until they expire.
+
+The process's entry point (the API's app factory, the worker's start) hands the settings over
+once, with `use_link_settings`; links are signed inside template rendering, far from them.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import binascii
 import json
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from mailsvc.config import Settings, settings
+from mailsvc.config import Settings
 from mailsvc.kit.signing import Signer
 
 TOKEN_PARAM = "token"  # noqa: S105 (a query parameter name, not a secret)
@@ -35,16 +39,50 @@ class InvalidLink(Exception):
     """A link whose token is missing, malformed, forged, or expired."""
 
 
-def link_signer(config: Settings = settings) -> Signer:
-    """The signer of links, from the settings in force (read per call: tests change them)."""
+@dataclass(frozen=True)
+class LinkSettings:
+    signer: Signer | None  # None: no secret configured, and links cannot be signed
+    ttl: timedelta  # of a link signed without a lifetime of its own
+
+
+_in_use = LinkSettings(None, timedelta(hours=48))
+
+
+def use_link_settings(config: Settings) -> LinkSettings:
+    """The secrets and default lifetime this process signs and verifies links with, from now;
+    returns those it used until now."""
+    return set_link_settings(
+        LinkSettings(link_signer(config), timedelta(hours=config.link_ttl_hours))
+    )
+
+
+def set_link_settings(value: LinkSettings) -> LinkSettings:
+    global _in_use
+    previous, _in_use = _in_use, value
+    return previous
+
+
+def link_settings() -> LinkSettings:
+    return _in_use
+
+
+def link_signer(config: Settings) -> Signer | None:
+    """The signer of links under `config`'s secrets; None when it has none."""
     secret = config.link_secret or config.jwt_secret
     if secret is None:
-        raise RuntimeError("signing links needs MAILSVC_LINK_SECRET or MAILSVC_JWT_SECRET")
+        return None
     previous = config.link_secret_previous
     return Signer(
         secret.get_secret_value().encode(),
         previous.get_secret_value().encode() if previous is not None else None,
     )
+
+
+def _signer() -> Signer:
+    signer = _in_use.signer
+    if signer is None:
+        raise RuntimeError("signing links needs MAILSVC_LINK_SECRET or MAILSVC_JWT_SECRET")
+    return signer
 
 
 def _b64(data: bytes) -> str:
@@ -84,7 +122,7 @@ def sign_link(url: str, email: str, *, tenant_id: uuid.UUID, now: datetime, ttl:
         raise ValueError(f"the URL already has a {TOKEN_PARAM!r} parameter")
     expires = int((_aware(now) + ttl).timestamp())
     message = _message(email, _canonical(parts.scheme, parts.netloc, parts.path, pairs), expires)
-    mac = link_signer().sign(tenant_id, PURPOSE, message)
+    mac = _signer().sign(tenant_id, PURPOSE, message)
     token = f"{_b64(email.encode())}.{expires}.{_b64(mac)}"
     query = f"{parts.query}&" if parts.query else ""
     return urlunsplit(
@@ -111,7 +149,7 @@ def verify_link(url: str, *, tenant_id: uuid.UUID, now: datetime) -> str:
     expires = int(match["expires"])
     rest = [(name, value) for name, value in pairs if name != TOKEN_PARAM]
     message = _message(email, _canonical(parts.scheme, parts.netloc, parts.path, rest), expires)
-    if not link_signer().verify(tenant_id, PURPOSE, message, mac):
+    if not _signer().verify(tenant_id, PURPOSE, message, mac):
         raise InvalidLink("the link's signature does not match")
     if _aware(now).timestamp() >= expires:
         raise InvalidLink("the link has expired")

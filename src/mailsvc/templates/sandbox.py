@@ -36,9 +36,8 @@ from jinja2.sandbox import (
 from jinja2.utils import Namespace, pass_context, pass_environment, pass_eval_context
 from markupsafe import Markup, escape, soft_str
 
-from mailsvc.config import settings
 from mailsvc.kit.time import utcnow
-from mailsvc.templates.links import sign_link
+from mailsvc.templates.links import link_settings, sign_link
 
 # -- bounds ---------------------------------------------------------------------------------------
 # One render (all its parts) gets RENDER_TIME_LIMIT seconds and the budgets below. Values are
@@ -1397,18 +1396,20 @@ def signed_link(url: Any, email: Any, hours: Any = None) -> str:
     _fail_if_undefined(hours)
     if not isinstance(url, str) or not isinstance(email, str):
         raise TypeError("signed_link(url, email) takes two strings")
-    ttl_hours = settings.link_ttl_hours if hours is None else hours
-    if not isinstance(ttl_hours, int | float) or not 0 < ttl_hours <= MAX_LINK_HOURS:
+    if hours is not None and (
+        not isinstance(hours, int | float) or not 0 < hours <= MAX_LINK_HOURS
+    ):
         raise ValueError(f"signed_link hours must be between 0 and {MAX_LINK_HOURS}")
+    ttl = link_settings().ttl if hours is None else timedelta(hours=hours)
     tenant_id = _render_tenant.get()
     if tenant_id is None:
         raise SecurityError("signed_link() signs only while a tenant's template renders")
-    return sign_link(url, email, tenant_id=tenant_id, now=utcnow(), ttl=timedelta(hours=ttl_hours))
+    return sign_link(url, email, tenant_id=tenant_id, now=utcnow(), ttl=ttl)
 
 
 def link_ttl_hours() -> int:
     """How long signed_link's links last by default, for the text that says so."""
-    return settings.link_ttl_hours
+    return int(link_settings().ttl / timedelta(hours=1))
 
 
 _LOOP_GUARDS = frozenset({"loop_items", "loop_tick"})

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import anyio
 
 from mailsvc.kit.outbox import Job
-from mailsvc.sending.lanes import batches
+from mailsvc.sending.lanes import send_jobs
 from mailsvc.worker.app import celery_app, configured
 
 log = logging.getLogger(__name__)
@@ -56,16 +56,10 @@ def merge_jobs(jobs: Sequence[Job], *, max_ids: int) -> list[Job]:
     A batch of ids costs a worker one task's overhead instead of one per message, and the task
     claims and sends them together; nothing else about the work changes.
     """
-    merged: list[Job] = []
-    pools: dict[tuple[str, str], list[str]] = {}
-    for job in jobs:
-        if set(job.kwargs) == {"ids"}:
-            pools.setdefault((job.task, job.queue), []).extend(job.kwargs["ids"])
-        else:
-            merged.append(job)
-    for (task, queue), ids in pools.items():
-        merged += (Job(task, queue, {"ids": run}) for run in batches(ids, max_ids))
-    return merged
+    sends = [job for job in jobs if set(job.kwargs) == {"ids"}]
+    entries = ((job.task, job.queue, None, i) for job in sends for i in job.kwargs["ids"])
+    others = [job for job in jobs if set(job.kwargs) != {"ids"}]
+    return others + send_jobs(entries, lambda _queue: max_ids)
 
 
 class CoalescingPublisher:
