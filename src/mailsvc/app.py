@@ -31,7 +31,7 @@ from mailsvc.kit.asgi import HttpMiddleware
 from mailsvc.kit.logging import log_context
 from mailsvc.kit.outbox import Publisher
 from mailsvc.messages.endpoints import router as messages_router
-from mailsvc.metrics import RequestMetrics
+from mailsvc.metrics import HTTP_DURATION
 from mailsvc.ops.endpoints import router as ops_router
 from mailsvc.ratelimit.api import ApiRateLimit
 from mailsvc.ratelimit.limiter import RateLimiter
@@ -58,7 +58,9 @@ access_log = logging.getLogger("mailsvc.access")
 class RequestContext(HttpMiddleware):
     """Every request's log lines carry its request id (the caller's X-Request-ID when it is a
     sane one, else a new one), echoed in the response; one access line per request names its
-    method, route, status, time and, once the token is read (routing.ApiRoute), its tenant."""
+    method, route, status, time and, once the token is read (routing.ApiRoute), its tenant.
+    The same timing goes to the latency histogram, by route template (never the raw path: ids
+    would explode its labels)."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         given = Headers(scope=scope).get("x-request-id", "")
@@ -80,12 +82,11 @@ class RequestContext(HttpMiddleware):
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
+                seconds = time.perf_counter() - started
+                route = getattr(scope.get("route"), "path", "unmatched")
+                HTTP_DURATION.labels(scope["method"], route, str(status)).observe(seconds)
                 access_log.info(
-                    "%s %s %d %.1f ms",
-                    scope["method"],
-                    scope["path"],
-                    status,
-                    (time.perf_counter() - started) * 1000,
+                    "%s %s %d %.1f ms", scope["method"], scope["path"], status, seconds * 1000
                 )
 
 
@@ -249,12 +250,11 @@ def create_app(
         lifespan=lifespan,
         responses={},
     )
-    # Outermost last: metrics see every status, the boundary's 500s and 503s included, and the
-    # boundary's log lines and problem bodies carry the request id.
+    # Outermost last: the access line and the metrics see every status, the boundary's 500s and
+    # 503s included, and the boundary's log lines and problem bodies carry the request id.
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(ErrorBoundary)
     app.add_middleware(RequestContext)
-    app.add_middleware(RequestMetrics)
     _install_error_handlers(app)
     app.state.settings = config
     _mount_routers(app, config)

@@ -7,12 +7,7 @@ there and the worker's main process serves the sum.
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client import Counter, Histogram
-from starlette.types import Message, Receive, Scope, Send
-
-from mailsvc.kit.asgi import HttpMiddleware
 
 MESSAGES_ACCEPTED = Counter(
     "mailsvc_messages_accepted_total", "Messages accepted by the API.", ["lane"]
@@ -31,26 +26,3 @@ HTTP_DURATION = Histogram(
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
-
-
-class RequestMetrics(HttpMiddleware):
-    """Times every request by its route template (never the raw path: ids would explode labels)."""
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        status = 500
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_record)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            HTTP_DURATION.labels(scope["method"], template, str(status)).observe(
-                time.perf_counter() - started
-            )

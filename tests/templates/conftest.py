@@ -5,23 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from pydantic import SecretStr
 
-from mailsvc.config import Settings
-from mailsvc.templates.links import set_link_settings, use_link_settings
-
-LINK_SECRET = "test-link-secret"
-
-
-def sign_with(**secrets: str | None) -> None:
-    """Links are signed and verified from now on under these secrets (link_secret,
-    link_secret_previous, jwt_secret), as a process started with them does."""
-    values = {name: None if v is None else SecretStr(v) for name, v in secrets.items()}
-    use_link_settings(Settings.model_validate(values))
+from mailsvc.templates.links import link_settings, set_link_settings
+from tests.support.links import LINK_SECRET, sign_with
 
 
 @pytest.fixture(autouse=True)
 def link_secret() -> Iterator[str]:
-    before = use_link_settings(Settings(link_secret=SecretStr(LINK_SECRET)))
+    before = link_settings()
+    sign_with(link_secret=LINK_SECRET)
     yield LINK_SECRET
     set_link_settings(before)

@@ -15,7 +15,7 @@ import pytest
 
 from mailsvc.kit.signing import derive_key
 from mailsvc.templates.links import InvalidLink, sign_link, verify_link
-from tests.templates.conftest import LINK_SECRET, sign_with
+from tests.support.links import LINK_SECRET, sign_with
 
 NOW = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 TTL = timedelta(hours=48)
