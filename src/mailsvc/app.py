@@ -25,7 +25,7 @@ from mailsvc.auth.service import TenantCache
 from mailsvc.config import RateLimitSpec, Settings
 from mailsvc.contacts.endpoints import router as contacts_router
 from mailsvc.db import Database, database_unavailable, describe_outage
-from mailsvc.errors import MailsvcError, Problem, problem
+from mailsvc.errors import FieldError, MailsvcError, Problem, ValidationFailed, problem
 from mailsvc.events.endpoints import router as events_router
 from mailsvc.kit.asgi import HttpMiddleware
 from mailsvc.kit.logging import log_context
@@ -157,13 +157,13 @@ class RateLimitHeaders(HttpMiddleware):
         await self.app(scope, receive, send_with_headers)
 
 
-def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+def _field_errors(exc: RequestValidationError) -> list[FieldError]:
     errors = []
     for error in exc.errors():  # a body that is not JSON never gets here (routing.ApiRoute)
         msg = str(error.get("msg", "invalid"))
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
-        errors.append({"loc": list(error.get("loc", ())), "msg": msg})
+        errors.append(FieldError(tuple(error.get("loc", ())), msg))
     return errors
 
 
@@ -180,10 +180,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = _field_errors(exc)
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
-        return problem(422, "Unprocessable Content", detail, slug="validation", errors=errors)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return await _domain_error(request, ValidationFailed.listing(_field_errors(exc), most=5))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

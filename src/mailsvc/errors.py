@@ -89,6 +89,12 @@ class ValidationFailed(MailsvcError):
     title = "Unprocessable Content"
     type_slug = "validation"
 
+    @classmethod
+    def listing(cls, errors: Sequence[FieldError], *, most: int | None = None) -> ValidationFailed:
+        """A 422 listing `errors`, its detail naming each (`loc: msg`), or the first `most`."""
+        detail = "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in errors[:most])
+        return cls(detail, errors=errors)
+
 
 class TooManyRequests(MailsvcError):
     status_code = 429

@@ -149,7 +149,7 @@ def _check_parameters(request: Request) -> None:
         if isinstance(value, str) and (reason := kit_json.string_problem(value)) is not None
     ]
     if errors:
-        raise ValidationFailed(_detail(errors), errors=errors)
+        raise ValidationFailed.listing(errors, most=5)
 
 
 async def _read_json_body(request: Request, limit: int) -> None:
@@ -184,12 +184,8 @@ async def _read_json_body(request: Request, limit: int) -> None:
     found = kit_json.problems(document)
     if found:
         errors = [FieldError(("body", *problem.loc), problem.msg) for problem in found]
-        raise ValidationFailed(_detail(errors), errors=errors)
+        raise ValidationFailed.listing(errors, most=5)
     request._json = document  # and the parsed document
-
-
-def _detail(errors: list[FieldError]) -> str:
-    return "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in errors[:5])
 
 
 async def app_settings(request: Request) -> Settings:  # async: FastAPI runs sync deps in threads

@@ -46,8 +46,7 @@ def _check_not_in_future(
     if fields.activated_at is not None and fields.activated_at > latest:
         errors.append(FieldError((*loc, "activated_at"), "activated_at is in the future"))
     if errors:
-        detail = "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in errors)
-        raise ValidationFailed(detail, errors=errors)
+        raise ValidationFailed.listing(errors)
 
 
 async def upsert_contact(

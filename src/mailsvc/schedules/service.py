@@ -47,8 +47,7 @@ async def put_schedule(
         raise NotFound(f"no schedule named {name!r}; there are {', '.join(SCHEDULE_NAMES)}")
     errors = problems(name, update)
     if errors:
-        detail = "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in errors)
-        raise ValidationFailed(detail, errors=errors)
+        raise ValidationFailed.listing(errors)
     row = await ScheduleRepository(session).put(tenant_id, name, **_columns(update))
     return schemas.Schedule.of(EffectiveSchedule.of(tenant_id, name, row), clock())
 
