@@ -45,7 +45,7 @@ class LinkSettings:
     ttl: timedelta  # of a link signed without a lifetime of its own
 
 
-_in_use = LinkSettings(None, timedelta(hours=48))
+_in_use = LinkSettings(None, timedelta(hours=Settings.model_fields["link_ttl_hours"].default))
 
 
 def use_link_settings(config: Settings) -> LinkSettings:

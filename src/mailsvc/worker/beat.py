@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import redis
 from celery.schedules import crontab
@@ -19,6 +19,12 @@ from mailsvc.config import Settings
 from mailsvc.worker import queues
 
 log = logging.getLogger(__name__)
+
+# Beat's housekeeping: the worker logs it at DEBUG unless it did something (worker/logs.py).
+DISPATCH_DUE: Final = "messages.dispatch_due"
+SWEEP: Final = "messages.sweep"
+EXPIRE_KEYS: Final = "messages.expire_idempotency_keys"
+HOUSEKEEPING: Final = frozenset({DISPATCH_DUE, SWEEP, EXPIRE_KEYS})
 
 
 def beat_schedule(config: Settings) -> dict[str, dict[str, Any]]:
@@ -31,9 +37,9 @@ def beat_schedule(config: Settings) -> dict[str, dict[str, Any]]:
         }
 
     return {
-        "dispatch-due-messages": every(config.dispatch_interval_seconds, "messages.dispatch_due"),
-        "sweep-outbox": every(config.sweep_interval_seconds, "messages.sweep"),
-        "expire-idempotency-keys": every(3600, "messages.expire_idempotency_keys"),
+        "dispatch-due-messages": every(config.dispatch_interval_seconds, DISPATCH_DUE),
+        "sweep-outbox": every(config.sweep_interval_seconds, SWEEP),
+        "expire-idempotency-keys": every(3600, EXPIRE_KEYS),
         # Recurring email, hourly: each job picks who is due in their own time zone, and catches
         # up a missed hour; the send ledger stops any double.
         **{

@@ -10,11 +10,8 @@ from typing import Any, Final
 from celery.signals import task_postrun, task_prerun
 
 from mailsvc.kit.logging import enter_log_context, leave_log_context
+from mailsvc.worker.beat import HOUSEKEEPING
 
-# Beat sends these every few seconds: without this, most of a worker's log was their lines.
-HOUSEKEEPING: Final = frozenset(
-    {"messages.dispatch_due", "messages.sweep", "messages.expire_idempotency_keys"}
-)
 # Celery's "received" (in the main process) and "succeeded" (after the task, in the pool).
 _TASK_LINE_LOGGERS: Final = ("celery.worker.strategy", "celery.app.trace")
 
